@@ -1,0 +1,58 @@
+"""What the entry points share: printing the config, and turning user errors into one clear line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab.checkpoint import CheckpointError
+from trainlab.dataloader import DataError
+from trainlab.trainer import Interrupted, TrainingError
+
+log = logging.getLogger("trainlab")
+
+# Errors whose message is the whole story: shown as one line, without a traceback.
+USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError)
+
+
+def print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    Console(stderr=True).print(Syntax(OmegaConf.to_yaml(cfg, resolve=True), "yaml", background_color="default"))
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
+    """Run ``job``; a user error becomes ``error: <message>`` and exit code 1 (a signal: 128 + signum).
+
+    In a multirun the error is re-raised instead, so that Hydra records the job as failed and the sweep
+    goes on. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the full traceback.
+    """
+    try:
+        return job()
+    except Interrupted as interrupted:
+        if _multirun():
+            raise
+        log.error("%s", interrupted)
+        sys.exit(interrupted.exit_code)
+    except Exception as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        if _multirun() or show_traceback or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if not isinstance(cause, USER_ERRORS):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,335 @@
+"""Data sets and their loading.
+
+Every data set here fits in memory, so it is decoded once into tensors, split, normalised once and then
+served as batches by index from a seeded permutation, on the training device. This is several times
+faster than a per-sample DataLoader, and it makes the data order a pure function of (seed, epoch), which
+is what exact resume relies on.
+
+A data set is one subclass of ``TensorData`` that implements ``load()`` and one YAML file in
+``conf/dataset/`` that names it with ``_target_``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import to_absolute_path
+
+from trainlab.tasks import Kind, Task
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class DataError(RuntimeError):
+    """A problem with the user's data or data settings; its message says what to change."""
+
+
+@dataclass
+class Splits:
+    """What ``load()`` returns: features as float tensors, targets as int64 (classes) or float32 (values).
+
+    ``x_test`` is None where a data set has no official test split; a seeded held-out fraction is used.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    classes: Sequence[str] | None = None
+    feature_names: Sequence[str] | None = None
+
+
+class TensorData:
+    """A data set held in memory as tensors: splits, normalisation and batching.
+
+    Args:
+        task: multiclass, binary or regression.
+        batch_size: samples per training batch.
+        val_fraction: share of the training portion held out for validation, in [0, 1).
+        test_fraction: share held out for testing where the data set has no official test split.
+        seed: fixes the splits and every epoch's order.
+        normalize: standardise inputs with ``mean``/``std``; where those are null they are computed on the
+            training split, per channel for images and per feature for tables.
+        standardize_target: regression only; the model learns standardised targets, metrics stay in units.
+        num_workers: unused by in-memory data (kept so every data set takes the same settings).
+    """
+
+    def __init__(
+        self,
+        task: Kind,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        normalize: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        standardize_target: bool = False,
+        num_workers: int = 0,
+    ):
+        if batch_size <= 0:
+            raise DataError(f"dataset.batch_size must be a positive integer, got {batch_size}")
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0 < test_fraction < 1:
+            raise DataError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device("cpu")
+
+        splits = self.load()
+        self.classes = list(splits.classes) if splits.classes is not None else None
+        self.feature_names = list(splits.feature_names) if splits.feature_names is not None else None
+        x, y = splits.x_train.float(), splits.y_train
+        generator = torch.Generator().manual_seed(seed)
+        if splits.x_test is None:
+            x, y, x_test, y_test = _split(x, y, test_fraction, generator)
+        else:
+            x_test, y_test = splits.x_test.float(), splits.y_test
+        self.x_train, self.y_train, self.x_val, self.y_val = _split(x, y, val_fraction, generator)
+        self.x_test, self.y_test = x_test, y_test
+
+        self.input_shape = tuple(self.x_train.shape[1:])
+        self.mean, self.std = self._fit_normalization(normalize, mean, std)
+        self.x_train, self.x_val, self.x_test = map(self.transform, (self.x_train, self.x_val, self.x_test))
+        self.task = self._make_task(task, standardize_target)
+
+    def load(self) -> Splits:
+        raise NotImplementedError
+
+    # -- preprocessing -------------------------------------------------------------------------------
+    def _fit_normalization(self, normalize, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+        stat_shape = (self.input_shape[0],) + (1,) * (len(self.input_shape) - 1)  # channel or feature
+        if not normalize:
+            return torch.zeros(stat_shape), torch.ones(stat_shape)
+        if mean is None or std is None:
+            dims = [0, *range(2, self.x_train.dim())]
+            fitted_mean = self.x_train.mean(dims)
+            fitted_std = self.x_train.std(dims).clamp_min(1e-6)
+            mean = fitted_mean if mean is None else mean
+            std = fitted_std if std is None else std
+        return torch.as_tensor(mean).float().reshape(stat_shape), torch.as_tensor(std).float().reshape(stat_shape)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features (as ``load`` returns them) to model inputs: the training-time normalisation."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(
+                f"inputs of shape {tuple(x.shape[1:])} do not fit this model, which expects {self.input_shape}"
+            )
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _make_task(self, kind: Kind, standardize_target: bool) -> Task:
+        if kind == "regression":
+            y = self.y_train.float()
+            self.y_train, self.y_val, self.y_test = self.y_train.float(), self.y_val.float(), self.y_test.float()
+            if standardize_target:
+                return Task(kind, target_mean=y.mean().item(), target_std=max(y.std().item(), 1e-6))
+            return Task(kind)
+        num_classes = len(self.classes) if self.classes else int(self.y_train.max()) + 1
+        if kind == "binary" and num_classes != 2:
+            raise DataError(f"a binary task needs 2 classes, this data set has {num_classes}")
+        return Task(kind, num_classes=num_classes)
+
+    def state_dict(self) -> dict:
+        """The fitted preprocessing, stored in checkpoints so that predict applies exactly the same."""
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "target_mean": self.task.target_mean,
+            "target_std": self.task.target_std,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.std = state["mean"], state["std"]
+        self.task.target_mean, self.task.target_std = state["target_mean"], state["target_std"]
+
+    # -- batching ------------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> TensorData:
+        """Move every split to ``device`` once, so that batching is an index on the device."""
+        self.device = torch.device(device)
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
+    @property
+    def num_outputs(self) -> int:
+        return self.task.num_outputs
+
+    def num_batches(self, split: str) -> int:
+        return math.ceil(len(getattr(self, f"y_{split}")) / self.batch_size)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The training order of one epoch: a permutation that depends only on the seed and the epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.y_train), generator=generator)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Shuffled training batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
+        order = self.epoch_order(epoch).to(self.device)
+        for i in range(start * self.batch_size, len(order), self.batch_size):
+            index = order[i : i + self.batch_size]
+            yield self.x_train[index], self.y_train[index]
+
+    def batches(self, split: str, batch_size: int | None = None) -> Iterator[Batch]:
+        """The ``val`` or ``test`` split in order."""
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        step = batch_size or max(self.batch_size, 256)
+        for i in range(0, len(y), step):
+            yield x[i : i + step], y[i : i + step]
+
+    # -- inputs for predict --------------------------------------------------------------------------
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        """Read prediction inputs from ``path``: names, raw features and, where present, targets."""
+        raise DataError(f"{type(self).__name__} cannot read prediction inputs from files")
+
+
+def _split(x, y, fraction: float, generator: torch.Generator):
+    """Seeded split into (x_keep, y_keep, x_held_out, y_held_out), ``fraction`` of the rows held out."""
+    order = torch.randperm(len(y), generator=generator)
+    n_held = round(len(y) * fraction)
+    keep, held = order[n_held:], order[:n_held]
+    return x[keep], y[keep], x[held], y[held]
+
+
+# -- images ------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageData(TensorData):
+    """Images as (N, C, H, W) float tensors in [0, 1]; predicts on an image file or a folder of them."""
+
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, None]:
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        files = (
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        )
+        if not files:
+            raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        channels, height, width = self.input_shape
+        images = []
+        for file in files:
+            image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
+            images.append(pil_to_tensor(image).float() / 255)
+        return [str(f) for f in files], torch.stack(images), None
+
+
+class Digits(ImageData):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images): the offline default."""
+
+    def __init__(self, **kwargs):
+        super().__init__(task="multiclass", **kwargs)
+
+    def load(self) -> Splits:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16
+        return Splits(x, torch.from_numpy(bunch.target).long(), classes=[str(c) for c in bunch.target_names])
+
+
+class TorchvisionImages(ImageData):
+    """MNIST, Fashion-MNIST or CIFAR-10 through torchvision's readers, with their official test split.
+
+    Args:
+        name: the torchvision class (``MNIST``, ``FashionMNIST``, ``CIFAR10``).
+        root: the folder torchvision reads (``root/MNIST/raw/...``, ``root/cifar-10-batches-py``).
+        download: fetch the files when they are missing (needs a network).
+    """
+
+    def __init__(self, name: str, root: str, download: bool = True, **kwargs):
+        self.name, self.root, self.download = name, Path(to_absolute_path(root)), download
+        super().__init__(task="multiclass", **kwargs)
+
+    def _read(self, train: bool):
+        import torchvision
+
+        reader = getattr(torchvision.datasets, self.name)
+        try:
+            return reader(str(self.root), train=train, download=self.download)
+        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError... when offline
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(
+                f"{self.name} files not found under {self.root} and could not be downloaded ({reason}); "
+                f"put the files there or point paths.data_dir at a folder that has them"
+            ) from None
+
+    def load(self) -> Splits:
+        parts = []
+        for train in (True, False):
+            data = self._read(train)
+            images = torch.as_tensor(np.asarray(data.data))
+            images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+            parts += [images.float() / 255, torch.as_tensor(data.targets).long()]
+        return Splits(*parts, classes=list(data.classes))
+
+
+# -- tables ------------------------------------------------------------------------------------------
+class TableData(TensorData):
+    """Rows of numeric features; predicts on a CSV with a header naming the feature columns."""
+
+    target_name = "target"
+
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise DataError(f"{path} has no rows")
+        header = list(rows[0])
+        names = self.feature_names or []
+        if not set(names) <= set(header):
+            columns = [c for c in header if c != self.target_name]
+            if len(columns) != self.input_shape[0]:
+                raise DataError(
+                    f"{path} has {len(columns)} feature columns ({', '.join(columns)}) but the model expects "
+                    f"{self.input_shape[0]} ({', '.join(names)})"
+                )
+            names = columns
+        try:
+            x = torch.tensor([[float(row[c]) for c in names] for row in rows])
+            y = None
+            if self.target_name in header:
+                y = torch.tensor([float(row[self.target_name]) for row in rows])
+                y = y.long() if self.task.is_classification else y
+        except ValueError as error:
+            raise DataError(f"{path}: every feature must be a number ({error})") from None
+        return [str(i) for i in range(len(rows))], x, y
+
+
+class SklearnTable(TableData):
+    """One of scikit-learn's bundled tables (iris, wine, breast_cancer, diabetes...), by name."""
+
+    def __init__(self, name: str, task: Kind, **kwargs):
+        self.name = name
+        super().__init__(task=task, **kwargs)
+
+    def load(self) -> Splits:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{self.name}")()
+        y = torch.from_numpy(bunch.target)
+        names = getattr(bunch, "target_names", None)
+        classes = [str(c) for c in names] if names is not None else None
+        return Splits(torch.from_numpy(bunch.data).float(), y, classes=classes, feature_names=bunch.feature_names)
+
+
+class LinearData(TableData):
+    """Synthetic regression y = weight * x + bias + noise, for checking that a linear model recovers it."""
+
+    def __init__(self, num_samples=1000, weight=2.0, bias=1.0, noise=0.1, x_range=3.0, **kwargs):
+        self.params = (num_samples, weight, bias, noise, x_range)
+        super().__init__(task="regression", **kwargs)
+
+    def load(self) -> Splits:
+        num_samples, weight, bias, noise, x_range = self.params
+        generator = torch.Generator().manual_seed(self.seed)
+        x = (torch.rand(num_samples, 1, generator=generator) * 2 - 1) * x_range
+        y = weight * x[:, 0] + bias + noise * torch.randn(num_samples, generator=generator)
+        return Splits(x, y, feature_names=["x"])

@@ -1,0 +1,119 @@
+"""Where config becomes objects. ``train.py``, ``predict.py``, the benchmark and the tests all build a run
+through these functions, so there is one place that calls ``instantiate``."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trainlab.dataloader import TensorData
+from trainlab.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[TensorData, nn.Module]:
+    """The data set, then the model sized by it: ``input_shape`` and ``num_outputs`` come from the data."""
+    seed_everything(cfg.seed)
+    data = instantiate(cfg.dataset)
+    model = instantiate(cfg.model, input_shape=list(data.input_shape), num_outputs=data.num_outputs)
+    return data, model
+
+
+@dataclass
+class Run:
+    data: TensorData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scheduler_interval: str
+    trainer: Trainer
+
+
+def build(cfg: DictConfig) -> Run:
+    """Everything a training run needs, from a composed config."""
+    data, model = build_data_and_model(cfg)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    trainer = instantiate(cfg.trainer, callbacks=cfg.get("callbacks"), _convert_="object")
+    scheduler, interval = build_scheduler(cfg, optimizer, trainer, data)
+    return Run(data, model, optimizer, scheduler, interval, trainer)
+
+
+def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: TensorData) -> tuple[Any, str]:
+    """The learning-rate scheduler of ``conf/scheduler/*.yaml``, or None.
+
+    Its YAML says ``interval: epoch`` or ``step``. Schedulers stepped per batch are given ``total_steps``,
+    the number of optimizer steps in the run, which only the data and trainer settings determine.
+    """
+    spec = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+    if not spec:
+        return None, "epoch"
+    interval = spec.pop("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler.interval must be epoch or step, got {interval!r}")
+    make = instantiate(spec)
+    if interval == "step":
+        return make(optimizer, total_steps=trainer.max_epochs * trainer.steps_per_epoch(data)), interval
+    return make(optimizer), interval
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings as flat ``group.key: value`` pairs, for TensorBoard's HParams dashboard."""
+    flat = {}
+
+    def visit(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key != "_partial_":
+                    visit(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, bool | int | float | str):
+            flat[prefix] = node
+        elif node is not None:
+            flat[prefix] = str(node)
+
+    visit(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Build the run from ``cfg``, fit it in ``run_dir`` and return its final metrics."""
+    cfg.paths.data_dir = to_absolute_path(cfg.paths.data_dir)  # so the saved config works from anywhere
+    run = build(cfg)
+    params = sum(p.numel() for p in run.model.parameters())
+    log.info(
+        "model %s (%s parameters), data %s: %d train / %d val / %d test, device %s",
+        type(run.model).__name__,
+        f"{params:,}",
+        type(run.data).__name__,
+        len(run.data.y_train),
+        len(run.data.y_val),
+        len(run.data.y_test),
+        run.trainer.device,
+    )
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    return run.trainer.fit(
+        run.model,
+        run.data,
+        run.optimizer,
+        run.scheduler,
+        run.scheduler_interval,
+        run_dir=run_dir,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        hparams=flat_hparams(cfg),
+        ckpt_path=ckpt_path,
+    )

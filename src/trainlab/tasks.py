@@ -1,0 +1,103 @@
+"""What a data set's targets are, and everything that follows from it: the number of model outputs, the
+loss, the metrics and how raw outputs become predictions. Trainer and predict both go through a Task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torchmetrics import classification as tmc
+from torchmetrics import regression as tmr
+
+Kind = Literal["multiclass", "binary", "regression"]
+
+
+class Task:
+    """A multiclass, binary or regression target.
+
+    Regression targets may be standardised (``target_mean``/``target_std``): the model then learns in
+    standardised units, while metrics and predictions are reported in the data's own units.
+    """
+
+    def __init__(self, kind: Kind, num_classes: int = 0, target_mean: float = 0.0, target_std: float = 1.0):
+        if kind not in ("multiclass", "binary", "regression"):
+            raise ValueError(f"unknown task {kind!r}: use multiclass, binary or regression")
+        self.kind = kind
+        self.num_classes = num_classes
+        self.target_mean = target_mean
+        self.target_std = target_std
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind != "regression"
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.kind == "multiclass" else 1
+
+    @property
+    def monitor_metric(self) -> str:
+        """The natural quality metric of the task (the default monitor is ``val/`` plus this)."""
+        return "acc" if self.is_classification else "mse"
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.kind == "multiclass":
+            return F.cross_entropy(outputs, targets)
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets.to(outputs.dtype))
+        scaled = (targets.to(outputs.dtype) - self.target_mean) / self.target_std
+        return F.mse_loss(outputs.squeeze(-1), scaled)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class indices for classification, values in the data's units for regression."""
+        if self.kind == "multiclass":
+            return outputs.argmax(-1)
+        if self.kind == "binary":
+            return (outputs.squeeze(-1) > 0).long()
+        return outputs.squeeze(-1).float() * self.target_std + self.target_mean
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities (N, num_classes); for binary tasks the two columns (1-p, p)."""
+        if self.kind == "multiclass":
+            return outputs.float().softmax(-1)
+        if self.kind == "binary":
+            p = outputs.float().squeeze(-1).sigmoid()
+            return torch.stack([1 - p, p], dim=-1)
+        raise ValueError("a regression task has no class probabilities")
+
+    def metrics(self, prefix: str) -> torchmetrics.MetricCollection:
+        """Epoch-accumulated metrics, keyed like their TensorBoard tags (``val/acc``, ``test/f1``...)."""
+        fast = {"validate_args": False}
+        if self.kind == "multiclass":
+            n = self.num_classes
+            metrics = {
+                "acc": tmc.MulticlassAccuracy(n, average="micro", **fast),
+                "f1": tmc.MulticlassF1Score(n, average="macro", **fast),
+            }
+        elif self.kind == "binary":
+            metrics = {"acc": tmc.BinaryAccuracy(**fast), "f1": tmc.BinaryF1Score(**fast)}
+        else:
+            metrics = {
+                "mse": tmr.MeanSquaredError(),
+                "mae": tmr.MeanAbsoluteError(),
+                "r2": tmr.R2Score(),
+            }
+        metrics["loss"] = torchmetrics.MeanMetric(nan_strategy="disable")
+        return torchmetrics.MetricCollection(metrics, prefix=f"{prefix}/", compute_groups=False)
+
+    def update(self, metrics: torchmetrics.MetricCollection, outputs, targets, loss) -> None:
+        """Add one batch to ``metrics``, on the device and with no host synchronisation."""
+        outputs = outputs.detach().float()
+        if self.kind == "multiclass":
+            preds = outputs
+        elif self.kind == "binary":
+            preds = outputs.squeeze(-1).sigmoid()
+        else:
+            preds = self.predict(outputs)
+        for name, metric in metrics.items(keep_base=True):
+            if name == "loss":
+                metric.update(loss.detach().float(), weight=targets.shape[0])
+            else:
+                metric.update(preds, targets)

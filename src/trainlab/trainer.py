@@ -1,0 +1,412 @@
+"""The training loop: train, validate, log, checkpoint every epoch; test once with the best checkpoint.
+
+Read ``fit`` top to bottom: it is the whole loop. Everything it is configured with comes from
+``conf/trainer/*.yaml``; the monitored metric (``monitor``/``monitor_mode``) is named there once and drives
+the best checkpoint, early stopping and ReduceLROnPlateau alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from trainlab import checkpoint
+from trainlab.callbacks import Callback
+from trainlab.dataloader import TensorData
+from trainlab.progress import Progress, format_metrics, print_summary
+from trainlab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged, misconfigured monitor); the message says why."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived: ``last.ckpt`` was written and the run stopped cleanly."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    task: Task,
+    prefix: str,
+    device: torch.device,
+    autocast=contextlib.nullcontext,
+) -> dict[str, float]:
+    """Metrics of ``model`` over all ``batches``, accumulated batch by batch (never averaged per batch),
+    keyed ``<prefix>/<name>``; empty if there are no batches."""
+    model.eval()
+    metrics = task.metrics(prefix).to(device)
+    seen = 0
+    for x, y in batches:
+        with autocast():
+            outputs = model(x)
+            loss = task.loss(outputs, y)
+        task.update(metrics, outputs, y, loss)
+        seen += 1
+    return {name: float(value) for name, value in metrics.compute().items()} if seen else {}
+
+
+class Trainer:
+    """Fits a model on a data set and writes the run: checkpoints, TensorBoard events and metrics.json.
+
+    Args:
+        max_epochs: epochs to train for (in total, counting those before a resume).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        monitor: the tag that defines "best", e.g. ``val/acc``; ``monitor_mode`` is ``max`` or ``min``.
+        grad_clip: clip the gradients' total norm to this value (0: off).
+        accumulate_grad_batches: add up the gradients of this many batches per optimizer step.
+        precision: ``32``, ``bf16`` (autocast) or ``16`` (autocast with a gradient scaler, CUDA).
+        log_every_n_steps: how often the step loss is read back from the device and logged.
+        limit_batches: at most this many batches per split and epoch (for smoke runs); null: all.
+        deterministic: make torch choose deterministic algorithms (CPU runs are deterministic anyway).
+        num_threads: torch's intra-op threads; null keeps torch's default.
+        progress: show a progress bar per epoch.
+        callbacks: named callbacks (``callbacks.early_stopping``...), called after every epoch.
+    """
+
+    def __init__(
+        self,
+        max_epochs: int = 10,
+        device: str = "auto",
+        monitor: str = "val/acc",
+        monitor_mode: str = "max",
+        grad_clip: float = 0.0,
+        accumulate_grad_batches: int = 1,
+        precision: str | int = 32,
+        log_every_n_steps: int = 50,
+        limit_batches: int | None = None,
+        deterministic: bool = False,
+        num_threads: int | None = None,
+        progress: bool = True,
+        callbacks: dict[str, Callback] | None = None,
+    ):
+        if max_epochs < 0:
+            raise ValueError(f"trainer.max_epochs must be >= 0, got {max_epochs}")
+        if monitor_mode not in ("min", "max"):
+            raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
+        if str(precision) not in ("32", "bf16", "16"):
+            raise ValueError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+        self.max_epochs = max_epochs
+        self.device = pick_device(device)
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.grad_clip = grad_clip
+        self.accumulate = max(1, accumulate_grad_batches)
+        self.precision = str(precision)
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.limit_batches = limit_batches
+        self.show_progress = progress
+        self.callbacks = dict(callbacks or {})
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if num_threads:
+            torch.set_num_threads(num_threads)
+
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0  # batches done in the current epoch, for a mid-epoch resume
+        self.global_step = 0  # optimizer steps
+        self.best_score: float | None = None
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}  # the validation metrics of the best epoch
+        self.should_stop = False
+        self._signal: int | None = None
+        self._stepped = False  # whether the last batch ended with an optimizer step
+
+    # -- the monitor ---------------------------------------------------------------------------------
+    def is_improvement(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+        if best is None:
+            return True
+        return value > best + min_delta if self.monitor_mode == "max" else value < best - min_delta
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: nn.Module,
+        data: TensorData,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        run_dir: str | Path = ".",
+        config_yaml: str = "",
+        hparams: dict[str, Any] | None = None,
+        ckpt_path: str | Path | None = None,
+    ) -> dict[str, float]:
+        """Train, validate and checkpoint every epoch, then test the best model; returns metrics.json."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.model, self.data, self.optimizer = model.to(self.device), data.to(self.device), optimizer
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config_yaml = config_yaml
+        self.task = data.task
+        autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=autocast_dtype))
+            if autocast_dtype
+            else contextlib.nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "16")
+        if ckpt_path:
+            self._restore(ckpt_path)
+
+        start = time.perf_counter()
+        self.writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
+        previous_handlers = self._catch_signals()
+        try:
+            while self.epoch < self.max_epochs and not self.should_stop:
+                train_metrics = self._train_epoch()
+                val_metrics = self.evaluate("val")
+                epoch_metrics = {**train_metrics, **val_metrics}
+                self._step_scheduler_on_epoch(epoch_metrics)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._log_scalars(epoch_metrics | {"epoch": self.epoch})
+                log.info("epoch %d/%d: %s", self.epoch, self.max_epochs, format_metrics(epoch_metrics))
+                self._checkpoint(epoch_metrics)
+                for callback in self.callbacks.values():
+                    callback.on_epoch_end(self, epoch_metrics)
+            results = self._test()
+            results["wall_time_s"] = round(time.perf_counter() - start, 3)
+            self._write_results(results, hparams or {})
+            print_summary(results, self.run_dir)
+            return results
+        finally:
+            self._restore_signals(previous_handlers)
+            self.writer.close()
+
+    def _train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        metrics = self.task.metrics("train").to(self.device)
+        total = self._limit(self.data.num_batches("train"))
+        batches = self.data.train_batches(self.epoch, start=self.batch_in_epoch)
+        with Progress(f"epoch {self.epoch + 1}/{self.max_epochs}", total, self.show_progress) as bar:
+            bar.advance(self.batch_in_epoch)
+            for x, y in self._limited(batches, total - self.batch_in_epoch):
+                loss = self._train_step(x, y, metrics)
+                self.batch_in_epoch += 1
+                if self.global_step % self.log_every_n_steps == 0 and self._stepped:
+                    loss_value = self._check_finite(loss)
+                    self._log_scalars({"train/loss_step": loss_value, "lr": self.lr})
+                    bar.set_loss(loss_value)
+                bar.advance()
+                if self._signal is not None and self._stepped:
+                    self._save_interrupted()
+        return self._compute(metrics)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics) -> torch.Tensor:
+        """Forward and backward on one batch; an optimizer step every ``accumulate`` batches."""
+        with self.autocast():
+            outputs = self.model(x)
+            loss = self.task.loss(outputs, y)
+        self.scaler.scale(loss / self.accumulate).backward()
+        self.task.update(metrics, outputs, y, loss)
+        end_of_epoch = self.batch_in_epoch + 1 == self._limit(self.data.num_batches("train"))
+        self._stepped = (self.batch_in_epoch + 1) % self.accumulate == 0 or end_of_epoch
+        if self._stepped:
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+        return loss
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics over the whole ``val`` or ``test`` split."""
+        batches = self._limited(self.data.batches(split), self._limit(self.data.num_batches(split)))
+        return evaluate(self.model, batches, self.task, split, self.device, self.autocast)
+
+    # -- pieces of the loop --------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def steps_per_epoch(self, data: TensorData) -> int:
+        """Optimizer steps in one epoch of ``data`` (what per-step schedulers count in)."""
+        return math.ceil(self._limit(data.num_batches("train")) / self.accumulate)
+
+    def _limit(self, n: int) -> int:
+        return min(n, self.limit_batches) if self.limit_batches else n
+
+    @staticmethod
+    def _limited(batches: Iterable, n: int) -> Iterable:
+        for i, batch in enumerate(batches):
+            if i >= n:
+                return
+            yield batch
+
+    def _compute(self, metrics) -> dict[str, float]:
+        values = {name: float(value) for name, value in metrics.compute().items()}
+        self._check_finite(values.get("train/loss", 0.0))
+        return values
+
+    def _check_finite(self, loss: torch.Tensor | float) -> float:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the training loss became {value} at epoch {self.epoch + 1}, step {self.global_step}; the "
+                "last good checkpoint is kept. Lower optimizer.lr, or set trainer.grad_clip"
+            )
+        return value
+
+    def _step_scheduler_on_epoch(self, metrics: dict[str, float]) -> None:
+        if self.scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(self._monitored(metrics))
+        else:
+            self.scheduler.step()
+
+    def _monitored(self, metrics: dict[str, float]) -> float:
+        if self.monitor not in metrics:
+            raise TrainingError(
+                f"trainer.monitor={self.monitor} is not a logged metric; choose one of {', '.join(sorted(metrics))}"
+            )
+        return metrics[self.monitor]
+
+    def _log_scalars(self, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, self.global_step)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "monitor": self.monitor,
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
+            "data": self.data.state_dict(),
+            "rng": checkpoint.rng_states(),
+            "config": self.config_yaml,
+        }
+
+    def _checkpoint(self, metrics: dict[str, float]) -> None:
+        score = self._monitored(metrics)
+        improved = self.is_improvement(score, self.best_score)
+        if improved:
+            self.best_score, self.best_epoch = score, self.epoch
+            self.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        state = self.state_dict()
+        checkpoint.save(state, self.ckpt_dir / "last.ckpt")
+        if improved:
+            checkpoint.save(state, self.ckpt_dir / "best.ckpt")
+
+    def _restore(self, ckpt_path: str | Path) -> None:
+        state = checkpoint.load(ckpt_path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise checkpoint.CheckpointError(
+                f"{ckpt_path} holds weights for a different model than this config builds "
+                f"({str(error).splitlines()[0]}); use the same model settings as the run that wrote it"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.best_metrics = state["best_metrics"]
+        for name, callback in self.callbacks.items():
+            if name in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][name])
+        checkpoint.set_rng_states(state["rng"])
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, self.epoch, self.global_step)
+
+    # -- preemption ----------------------------------------------------------------------------------
+    def _catch_signals(self) -> dict:
+        """SIGTERM/SIGINT finish the current step, then ``last.ckpt`` is written; a second one aborts."""
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+            log.warning("%s received: finishing this step and saving last.ckpt", signal.Signals(signum).name)
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _save_interrupted(self) -> None:
+        path = self.ckpt_dir / "last.ckpt"
+        checkpoint.save(self.state_dict(), path)
+        name = signal.Signals(self._signal).name
+        raise Interrupted(
+            f"stopped by {name} at epoch {self.epoch + 1}, step {self.global_step}; saved {path}. "
+            f"Resume with: python train.py <same overrides> ckpt_path={path}",
+            self._signal,
+        )
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _test(self) -> dict[str, Any]:
+        best = self.ckpt_dir / "best.ckpt"
+        if best.exists():
+            self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
+        test_metrics = self.evaluate("test")
+        self._log_scalars(test_metrics)
+        return {
+            **test_metrics,
+            **self.best_metrics,
+            "best_epoch": self.best_epoch,
+            "monitor": self.monitor,
+            "best_score": self.best_score,
+            "epochs": self.epoch,
+            "global_step": self.global_step,
+        }
+
+    def _write_results(self, results: dict[str, Any], hparams: dict[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        metric_values = {k: v for k, v in results.items() if isinstance(v, float | int) and "/" in k}
+        for summary in hparams_summary(hparams, metric_values):
+            self.writer.file_writer.add_summary(summary)
+        (self.run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")

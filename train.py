@@ -1,0 +1,20 @@
+"""Train a model: `python train.py model=cnn dataset=mnist optimizer.lr=3e-4` (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from trainlab.cli import print_config, run_job
+    from trainlab.run import train
+
+    print_config(cfg)
+    metrics = run_job(lambda: train(cfg, HydraConfig.get().runtime.output_dir), cfg.debug_errors)
+    return metrics.get("best_score")  # what sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
