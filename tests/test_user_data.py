@@ -148,7 +148,11 @@ def test_csv_without_its_target_column_is_a_one_line_error(tmp_path, capsys):
         run_job(lambda: train(cfg, tmp_path / "run"))  # what train.py does with errors
     assert exit_.value.code == 1
     (message,) = capsys.readouterr().err.strip().splitlines()
-    assert message.startswith("error: ") and "'Outcome'" in message and "age, income, colour, label" in message
+    assert (
+        message.startswith("error: ")
+        and "dataset.target=Outcome" in message
+        and "age, income, colour, label" in message
+    )
 
 
 @pytest.mark.parametrize(

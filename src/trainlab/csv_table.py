@@ -82,8 +82,8 @@ class CSVTable(TableData):
 
     def __init__(
         self,
-        path: str,
-        target: str,
+        path: str | None,
+        target: str | None,
         task: Kind | None = None,
         features: Sequence[str] | None = None,
         categorical: Sequence[str] = (),
@@ -92,14 +92,15 @@ class CSVTable(TableData):
         max_classes: int = 10,
         **kwargs,
     ):
+        if path is None:
+            raise DataError("dataset=csv needs the file: add dataset.path=<your.csv> dataset.target=<column>")
         if missing not in ("drop", "impute"):
             raise DataError(f"dataset.missing must be drop or impute, got {missing!r}")
         self.path, self.target_name, self.na_values = Path(to_absolute_path(path)), target, set(na_values)
         header, rows = read_csv(self.path)
         if target not in header:
             raise DataError(
-                f"{self.path} has no target column {target!r}; its columns are {', '.join(header)} "
-                "(set dataset.target)"
+                f"dataset.target={target} is not a column of {self.path}; set it to one of {', '.join(header)}"
             )
         features = list(features) if features else [c for c in header if c != target]
         self._check_columns(header, features, self.path)
@@ -187,8 +188,17 @@ class CSVTable(TableData):
         else:
             index = {label: i for i, label in enumerate(self._classes)}
             y = torch.tensor([index[v] for v in self._targets])
-        names = [n if c is None else f"{n}={v}" for n, c in self.categories.items() for v in (c or [None])]
-        return Splits(x, y, classes=self._classes, feature_names=names)
+        return Splits(x, y, classes=self._classes, feature_names=[name for name, _ in self._encoded_columns()])
+
+    def _encoded_columns(self) -> list[tuple[str, bool]]:
+        """The columns ``encode`` makes: their names (``colour=red`` for one-hot ones) and whether one-hot."""
+        columns = []
+        for name, categories in self.categories.items():
+            if categories is None:
+                columns.append((name, False))
+            else:
+                columns += [(f"{name}={category}", True) for category in categories]
+        return columns
 
     # -- preprocessing -------------------------------------------------------------------------------
     def _fit_normalization(self, normalize, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +206,7 @@ class CSVTable(TableData):
         self.fill = torch.nanmean(self.x_train, 0).nan_to_num(0.0)
         self.x_train = self._impute(self.x_train)
         mean, std = super()._fit_normalization(normalize, mean, std)
-        one_hot = torch.tensor([c is not None for c in self.categories.values() for _ in (c or [None])])
+        one_hot = torch.tensor([is_one_hot for _, is_one_hot in self._encoded_columns()])
         return mean.masked_fill(one_hot, 0.0), std.masked_fill(one_hot, 1.0)
 
     def _impute(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ class ImageFolderData(BatchedData):
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         image_size: int | Sequence[int] = 64,
         channels: int = 3,
         normalize: bool = True,
@@ -74,6 +74,8 @@ class ImageFolderData(BatchedData):
         from torchvision.transforms import v2
 
         super().__init__(batch_size, seed, augment)
+        if root is None:
+            raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
         if channels not in (1, 3):
             raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
