@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import to_absolute_path
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from trainlab.dataloader import Batch, BatchedData, DataError, _split, image_files
 from trainlab.tasks import Task
@@ -116,7 +116,7 @@ class ImageFolderData(BatchedData):
                 "optionally under root/train, root/val, root/test"
             ) from None
 
-    def _find_splits(self, val_fraction: float, test_fraction: float) -> dict[str, Subset]:
+    def _find_splits(self, val_fraction: float, test_fraction: float) -> dict[str, Dataset]:
         if not self.root.is_dir():
             raise DataError(f"dataset.root={self.root} is not a folder; point it at your image folder")
         nested = (self.root / "train").is_dir()
@@ -126,8 +126,8 @@ class ImageFolderData(BatchedData):
         if len(self.classes) < 2:
             raise DataError(f"{train.root} has {len(self.classes)} class folder; classification needs at least 2")
         generator = torch.Generator().manual_seed(self.seed)
-        subsets = {"train": torch.arange(len(train))}
-        targets = torch.tensor(train.targets)
+        kept, targets = torch.arange(len(train)), torch.tensor(train.targets)
+        subsets: dict[str, Dataset] = {}
         for split, fraction in (("test", test_fraction), ("val", val_fraction)):
             if split in folders:
                 subsets[split] = self._read_folder(folders[split])
@@ -136,11 +136,10 @@ class ImageFolderData(BatchedData):
                         f"{folders[split]} has the classes {subsets[split].classes}, but the training images "
                         f"have {self.classes}; give every split the same class folders"
                     )
-                subsets[split] = Subset(subsets[split], range(len(subsets[split])))
             else:
-                subsets["train"], targets, held, _ = _split(subsets["train"], targets, fraction, generator)
+                kept, targets, held, _ = _split(kept, targets, fraction, generator)
                 subsets[split] = Subset(train, held.tolist())
-        subsets["train"] = Subset(train, subsets["train"].tolist())
+        subsets["train"] = Subset(train, kept.tolist())
         return subsets
 
     def num_samples(self, split: str) -> int:
