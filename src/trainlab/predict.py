@@ -14,15 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainlab import checkpoint
-from trainlab.dataloader import TensorData
+from trainlab.dataloader import BatchedData
 from trainlab.progress import format_metrics
 from trainlab.run import build_data_and_model
 from trainlab.trainer import evaluate, pick_device
+from trainlab.visuals import confusion_matrix_image
 
 log = logging.getLogger(__name__)
 
 
-def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfig, TensorData, nn.Module]:
+def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfig, BatchedData, nn.Module]:
     """Rebuild data and model from the config inside a checkpoint and load its weights and preprocessing."""
     state = checkpoint.load(ckpt_path, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
@@ -62,10 +63,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         return {}
     metrics = evaluate(model, [(x, targets.to(device))], data.task, "input", device)
     log.info("metrics on %s: %s", cfg.input, format_metrics(metrics))
+    if data.task.is_classification:
+        picture = output.with_name(f"{output.stem}_confusion_matrix.png")
+        confusion_matrix_image(data.task.predict(outputs), targets, data.class_names).save(picture)
+        log.info("confusion matrix: %s", picture)
     return metrics
 
 
-def write_predictions(path: Path, names: list[str], outputs: torch.Tensor, data: TensorData) -> None:
+def write_predictions(path: Path, names: list[str], outputs: torch.Tensor, data: BatchedData) -> None:
     """CSV rows: the input's name, the prediction and, for classifiers, one probability per class."""
     task = data.task
     predictions = task.predict(outputs).cpu()

@@ -15,7 +15,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainlab.dataloader import TensorData
+from trainlab.dataloader import BatchedData
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data_and_model(cfg: DictConfig) -> tuple[TensorData, nn.Module]:
+def build_data_and_model(cfg: DictConfig) -> tuple[BatchedData, nn.Module]:
     """The data set, then the model sized by it: ``input_shape`` and ``num_outputs`` come from the data."""
     seed_everything(cfg.seed)
-    data = instantiate(cfg.dataset)
+    augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
+    data = instantiate(cfg.dataset, augment=augment)
     model = instantiate(cfg.model, input_shape=list(data.input_shape), num_outputs=data.num_outputs)
     return data, model
 
 
 @dataclass
 class Run:
-    data: TensorData
+    data: BatchedData
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -54,7 +55,7 @@ def build(cfg: DictConfig) -> Run:
     return Run(data, model, optimizer, scheduler, interval, trainer)
 
 
-def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: TensorData) -> tuple[Any, str]:
+def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedData) -> tuple[Any, str]:
     """The learning-rate scheduler of ``conf/scheduler/*.yaml``, or None.
 
     Its YAML says ``interval: epoch`` or ``step``. Schedulers stepped per batch are given ``total_steps``,
@@ -92,17 +93,26 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Build the run from ``cfg``, fit it in ``run_dir`` and return its final metrics."""
-    cfg.paths.data_dir = to_absolute_path(cfg.paths.data_dir)  # so the saved config works from anywhere
+    # the files and folders a config names, made absolute so that the config saved in checkpoints works
+    # from any folder (dataset=csv's path, dataset=image_folder's root, model=torchvision's weights)
+    for node, key in (
+        (cfg.paths, "data_dir"),
+        (cfg.dataset, "path"),
+        (cfg.dataset, "root"),
+        (cfg.model, "weights"),
+    ):
+        if node.get(key):
+            node[key] = to_absolute_path(node[key])
     run = build(cfg)
     params = sum(p.numel() for p in run.model.parameters())
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.info(
-        "model %s (%s parameters), data %s: %d train / %d val / %d test, device %s",
+        "model %s (%s parameters, %s trainable), data %s: %d train / %d val / %d test, device %s",
         type(run.model).__name__,
         f"{params:,}",
+        f"{trainable:,}",
         type(run.data).__name__,
-        len(run.data.y_train),
-        len(run.data.y_val),
-        len(run.data.y_test),
+        *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None

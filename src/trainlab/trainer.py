@@ -183,6 +183,8 @@ class Trainer:
         self.writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
         previous_handlers = self._catch_signals()
         try:
+            for callback in self.callbacks.values():
+                callback.on_fit_start(self)
             while self.epoch < self.max_epochs and not self.should_stop:
                 train_metrics = self._train_epoch()
                 val_metrics = self.evaluate("val")
@@ -393,6 +395,8 @@ class Trainer:
             self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
         test_metrics = self.evaluate("test")
         self._log_scalars(test_metrics)
+        for callback in self.callbacks.values():
+            callback.on_test_end(self)
         return {
             **test_metrics,
             **self.best_metrics,
