@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 class Callback:
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Called after validation and checkpointing; ``metrics`` holds the epoch's values by tag."""
+        """Called after validation, before the epoch's checkpoint (which saves ``state_dict``), so that a
+        resumed run continues exactly; ``metrics`` holds the epoch's values by tag."""
 
     def state_dict(self) -> dict:
         return {}

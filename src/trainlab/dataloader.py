@@ -205,7 +205,7 @@ class ImageData(TensorData):
     """Images as (N, C, H, W) float tensors in [0, 1]; predicts on an image file or a folder of them."""
 
     def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, None]:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.functional import pil_to_tensor
 
         files = (
@@ -216,7 +216,10 @@ class ImageData(TensorData):
         channels, height, width = self.input_shape
         images = []
         for file in files:
-            image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
+            try:
+                image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
+            except UnidentifiedImageError:
+                raise DataError(f"{file} is not an image; this model predicts on image files") from None
             images.append(pil_to_tensor(image).float() / 255)
         return [str(f) for f in files], torch.stack(images), None
 
