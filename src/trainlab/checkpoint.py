@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -69,10 +70,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain data, which could run code"
-            f"{f' ({blocked[0]})' if blocked else ''}; nothing in it was run. Only load checkpoints you trust"
+            f"refused to load {path}: it holds {blocked[1] if blocked else 'objects'}, not only tensors and plain "
+            "data, so it could run code; nothing in it was run. Only load checkpoints you trust"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as error:
         reason = str(error).strip().split(". ")[0] or type(error).__name__
