@@ -43,9 +43,20 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer, got 0"),
         (["dataset.val_fraction=1"], "dataset.val_fraction must be in [0, 1), got 1"),
         (["dataset.val_fraction=-0.1"], "dataset.val_fraction must be in [0, 1), got -0.1"),
-        (["trainer.max_epochs=-1"], "trainer.max_epochs must be >= 0, got -1"),
+        (["dataset.batch_size=abc"], "dataset.batch_size must be a positive integer, got abc"),
+        (["trainer.max_epochs=-1"], "trainer.max_epochs must be an integer >= 0, got -1"),
+        (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer >= 0, got ten"),
     ],
-    ids=["lr=0", "lr<0", "batch_size=0", "val_fraction=1", "val_fraction<0", "max_epochs<0"],
+    ids=[
+        "lr=0",
+        "lr<0",
+        "batch_size=0",
+        "val_fraction=1",
+        "val_fraction<0",
+        "batch_size=abc",
+        "max_epochs<0",
+        "max_epochs=ten",
+    ],
 )
 def test_bad_setting_is_one_line_naming_it(tmp_path, overrides, message):
     code, stderr = cli_main("train.py", *overrides, f"hydra.run.dir={tmp_path}", QUIET)
@@ -165,7 +176,9 @@ def test_resume_with_a_different_model_is_refused_and_changes_nothing(trained, t
     code, stderr = cli_main(
         "train.py", "model=cnn", f"ckpt_path={trained['digits']}", f"hydra.run.dir={tmp_path}", QUIET
     )
-    assert_one_line_error(code, stderr, "holds weights for a different model than this config builds")
+    assert_one_line_error(
+        code, stderr, "holds weights for a different model than the config builds (Missing key(s)"
+    )
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 

@@ -100,14 +100,14 @@ def test_resumed_run_logs_to_tensorboard_as_a_continuation(runs):
 
 
 @pytest.mark.parametrize(
-    ("signal_batch", "saved_at"),
-    [(5, (1, 6)), (-1, (2, 0))],
-    ids=["mid-epoch", "last-batch-of-epoch"],
+    ("signum", "signal_batch", "saved_at"),
+    [(signal.SIGTERM, 5, (1, 6)), (signal.SIGTERM, -1, (2, 0)), (signal.SIGINT, 5, (1, 6))],
+    ids=["SIGTERM-mid-epoch", "SIGTERM-last-batch-of-epoch", "SIGINT-mid-epoch"],
 )
 def test_signal_during_an_epoch_then_resume_continues_the_same_data_order(
-    runs, train_run, monkeypatch, signal_batch, saved_at
+    runs, train_run, monkeypatch, signum, signal_batch, saved_at
 ):
-    """SIGTERM arrives while epoch 2 trains on batch ``signal_batch``: the step finishes, last.ckpt is written
+    """A signal arrives while epoch 2 trains on batch ``signal_batch``: the step finishes, last.ckpt is written
     (mid-epoch, or at the epoch's end when it was its last batch) and resuming finishes the same run."""
     original = TensorData.train_batches
 
@@ -115,14 +115,14 @@ def test_signal_during_an_epoch_then_resume_continues_the_same_data_order(
         stop_at = signal_batch % data.num_batches("train")
         for i, batch in enumerate(original(data, epoch, start), start):
             if (epoch, i) == (1, stop_at):
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
             yield batch
 
     monkeypatch.setattr(TensorData, "train_batches", signalling)
     with pytest.raises(Interrupted) as interrupted:
         train_run(*RUN, "trainer.max_epochs=4")
     monkeypatch.undo()
-    assert interrupted.value.exit_code == 128 + signal.SIGTERM
+    assert interrupted.value.exit_code == 128 + signum
     state = checkpoint.load(interrupted.value.ckpt_path)
     assert (state["epoch"], state["batch_in_epoch"]) == saved_at
 

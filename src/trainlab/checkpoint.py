@@ -88,6 +88,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load the checkpoint's weights into ``model``, or say how they differ from it."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first_difference = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+        if len(first_difference) > 160:
+            first_difference = first_difference[:157] + "..."
+        raise CheckpointError(
+            f"{path} holds weights for a different model than the config builds ({first_difference}); use the "
+            "model settings of the run that wrote it"
+        ) from None
+
+
 def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
     """The run config stored in a checkpoint, refused if it names code outside trainlab.
 

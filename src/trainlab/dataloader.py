@@ -73,9 +73,9 @@ class TensorData:
         standardize_target: bool = False,
         num_workers: int = 0,
     ):
-        if batch_size <= 0:
+        if not isinstance(batch_size, int) or batch_size <= 0:
             raise DataError(f"dataset.batch_size must be a positive integer, got {batch_size}")
-        if not 0 <= val_fraction < 1:
+        if not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
             raise DataError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
         if not 0 < test_fraction < 1:
             raise DataError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")

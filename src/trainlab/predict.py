@@ -28,12 +28,7 @@ def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfi
     cfg = checkpoint.trusted_config(state, ckpt_path)
     data, model = build_data_and_model(cfg)
     data.load_state_dict(state["data"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise checkpoint.CheckpointError(
-            f"{ckpt_path}: its weights do not fit the model its config builds ({str(error).splitlines()[0]})"
-        ) from None
+    checkpoint.load_weights(model, state, ckpt_path)
     return cfg, data.to(device), model.to(device).eval()
 
 

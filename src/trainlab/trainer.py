@@ -112,8 +112,8 @@ class Trainer:
         progress: bool = True,
         callbacks: dict[str, Callback] | None = None,
     ):
-        if max_epochs < 0:
-            raise ValueError(f"trainer.max_epochs must be >= 0, got {max_epochs}")
+        if not isinstance(max_epochs, int) or max_epochs < 0:
+            raise ValueError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
         if str(precision) not in ("32", "bf16", "16"):
@@ -353,13 +353,7 @@ class Trainer:
 
     def _restore(self, ckpt_path: str | Path) -> None:
         state = checkpoint.load(ckpt_path, map_location=self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise checkpoint.CheckpointError(
-                f"{ckpt_path} holds weights for a different model than this config builds "
-                f"({str(error).splitlines()[0]}); use the same model settings as the run that wrote it"
-            ) from None
+        checkpoint.load_weights(self.model, state, ckpt_path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
