@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import cli_main, make_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainlab import checkpoint
@@ -22,6 +22,7 @@ from trainlab.trainer import Interrupted
 # learning rate grows 8x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
 # must still test the best weights, which it did not compute itself.
 RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=8")
+QUIET = "trainer.progress=false"
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -99,6 +100,20 @@ def test_resumed_run_logs_to_tensorboard_as_a_continuation(runs):
     assert [value for _, value in resumed["epoch"]] == [3, 4]
 
 
+def signal_at(epoch: int, batch: int, signum: int):
+    """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
+    (negative: from the end) of ``epoch``: a signal arriving at a known moment."""
+    original = TensorData.train_batches
+
+    def train_batches(data: TensorData, this_epoch: int, start: int = 0):
+        for i, batch_ in enumerate(original(data, this_epoch, start), start):
+            if (this_epoch, i) == (epoch, batch % data.num_batches("train")):
+                os.kill(os.getpid(), signum)
+            yield batch_
+
+    return train_batches
+
+
 @pytest.mark.parametrize(
     ("signum", "signal_batch", "saved_at"),
     [(signal.SIGTERM, 5, (1, 6)), (signal.SIGTERM, -1, (2, 0)), (signal.SIGINT, 5, (1, 6))],
@@ -109,16 +124,7 @@ def test_signal_during_an_epoch_then_resume_continues_the_same_data_order(
 ):
     """A signal arrives while epoch 2 trains on batch ``signal_batch``: the step finishes, last.ckpt is written
     (mid-epoch, or at the epoch's end when it was its last batch) and resuming finishes the same run."""
-    original = TensorData.train_batches
-
-    def signalling(data: TensorData, epoch: int, start: int = 0):
-        stop_at = signal_batch % data.num_batches("train")
-        for i, batch in enumerate(original(data, epoch, start), start):
-            if (epoch, i) == (1, stop_at):
-                os.kill(os.getpid(), signum)
-            yield batch
-
-    monkeypatch.setattr(TensorData, "train_batches", signalling)
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=1, batch=signal_batch, signum=signum))
     with pytest.raises(Interrupted) as interrupted:
         train_run(*RUN, "trainer.max_epochs=4")
     monkeypatch.undo()
@@ -145,3 +151,14 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(train_ru
     first_dir, _ = train_run(*stopping, "trainer.max_epochs=2")
     _, resumed = train_run(*stopping, "trainer.max_epochs=10", f"ckpt_path={first_dir}/checkpoints/last.ckpt")
     assert resumed["epochs"] == 3
+
+
+def test_signal_stops_a_whole_sweep(tmp_path, monkeypatch):
+    """SIGTERM during the first job of a multirun: that job saves and the sweep exits, starting no other."""
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=0, batch=3, signum=signal.SIGTERM))
+    code, _ = cli_main(
+        "train.py", "-m", "optimizer.lr=0.001,0.002", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path}", QUIET
+    )
+    assert code == 128 + signal.SIGTERM
+    assert checkpoint.load(tmp_path / "0" / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4
+    assert not (tmp_path / "1").exists()

@@ -48,14 +48,12 @@ def resume_command(ckpt_path) -> str:
 def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
     """Run ``job``; a user error becomes ``error: <message>`` and exit code 1 (a signal: 128 + signum).
 
-    In a multirun the error is re-raised instead, so that Hydra records the job as failed and the sweep
-    goes on. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the full traceback.
+    In a multirun a user error is re-raised instead, so that Hydra records the job as failed and the sweep
+    goes on; a signal stops the sweep too. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the traceback.
     """
     try:
         return job()
     except Interrupted as interrupted:
-        if _multirun():
-            raise
         log.error("%s. Resume with: %s", interrupted, resume_command(interrupted.ckpt_path))
         sys.exit(interrupted.exit_code)
     except Exception as error:
