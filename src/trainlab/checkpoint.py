@@ -120,11 +120,13 @@ def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
 
 
 def _targets(node: Any) -> Iterator[str]:
+    """Every ``_target_`` in a config container, nested ones included."""
     if isinstance(node, dict):
         if "_target_" in node:
             yield str(node["_target_"])
-        node = list(node.values())
-    if isinstance(node, list):
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
         for item in node:
             yield from _targets(item)
 
