@@ -64,7 +64,7 @@ class BatchedData:
     std: torch.Tensor
 
     def __init__(self, batch_size: int, seed: int, augment: Augment | None):
-        if batch_size <= 0:
+        if not isinstance(batch_size, int) or batch_size <= 0:
             raise DataError(f"dataset.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
         self.seed = seed
@@ -173,7 +173,7 @@ class TensorData(BatchedData):
         augment: Augment | None = None,
     ):
         super().__init__(batch_size, seed, augment)
-        if not 0 <= val_fraction < 1:
+        if not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
             raise DataError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
         if not 0 < test_fraction < 1:
             raise DataError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
@@ -276,14 +276,17 @@ class ImageData(TensorData):
     """Images as (N, C, H, W) float tensors in [0, 1]; predicts on an image file or a folder of them."""
 
     def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, None]:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.functional import pil_to_tensor
 
         files = image_files(path)
         channels, height, width = self.input_shape
         images = []
         for file in files:
-            image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
+            try:
+                image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
+            except UnidentifiedImageError:
+                raise DataError(f"{file} is not an image; this model predicts on image files") from None
             images.append(pil_to_tensor(image).float() / 255)
         return [str(f) for f in files], torch.stack(images), None
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from trainlab import checkpoint
-from trainlab.dataloader import BatchedData
+from trainlab.dataloader import BatchedData, DataError
 from trainlab.progress import format_metrics
 from trainlab.run import build_data_and_model
 from trainlab.trainer import evaluate, pick_device
@@ -26,15 +26,10 @@ log = logging.getLogger(__name__)
 def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfig, BatchedData, nn.Module]:
     """Rebuild data and model from the config inside a checkpoint and load its weights and preprocessing."""
     state = checkpoint.load(ckpt_path, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
+    cfg = checkpoint.trusted_config(state, ckpt_path)
     data, model = build_data_and_model(cfg)
     data.load_state_dict(state["data"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise checkpoint.CheckpointError(
-            f"{ckpt_path}: its weights do not fit the model its config builds ({str(error).splitlines()[0]})"
-        ) from None
+    checkpoint.load_weights(model, state, ckpt_path)
     return cfg, data.to(device), model.to(device).eval()
 
 
@@ -52,7 +47,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         log.info("test metrics of %s: %s (written to %s)", ckpt_path, format_metrics(metrics), output)
         return metrics
 
-    names, raw, targets = data.read_inputs(Path(to_absolute_path(cfg.input)))
+    input_path = Path(to_absolute_path(cfg.input))
+    if not input_path.exists():
+        raise DataError(f"input={input_path} does not exist; pass an image, a folder of images or a CSV file")
+    names, raw, targets = data.read_inputs(input_path)
     x = data.transform(raw.to(device))
     with torch.no_grad():
         outputs = torch.cat([model(x[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)])

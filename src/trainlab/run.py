@@ -49,10 +49,19 @@ class Run:
 def build(cfg: DictConfig) -> Run:
     """Everything a training run needs, from a composed config."""
     data, model = build_data_and_model(cfg)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    optimizer = build_optimizer(cfg, model)
     trainer = instantiate(cfg.trainer, callbacks=cfg.get("callbacks"), _convert_="object")
     scheduler, interval = build_scheduler(cfg, optimizer, trainer, data)
     return Run(data, model, optimizer, scheduler, interval, trainer)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``conf/optimizer/*.yaml`` completed with the model's parameters. torch accepts
+    ``lr=0``, which trains nothing, so a non-positive learning rate is refused here, by its setting's name."""
+    lr = cfg.optimizer.get("lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+        raise ValueError(f"optimizer.lr must be a positive number, got {lr}; e.g. optimizer.lr=1e-3")
+    return instantiate(cfg.optimizer)(model.parameters())
 
 
 def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedData) -> tuple[Any, str]:
