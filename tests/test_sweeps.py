@@ -149,8 +149,8 @@ def test_optuna_search_interrupted_and_resumed_continues_its_study(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_prunes_trials_running_in_parallel_joblib_jobs(tmp_path):
-    """A pruner that prunes any val/loss above 0.5: both trials stop after their first of 3 epochs, in
-    joblib's worker processes, which report to the study through its storage."""
+    """A pruner that prunes any val/loss above 0.5 from epoch 2 on: both trials stop after their second of 3
+    epochs, in joblib's worker processes, which report to the study through its storage."""
     sweep_dir = tmp_path / "search"
     done = cli(
         "train.py",
@@ -161,7 +161,7 @@ def test_optuna_prunes_trials_running_in_parallel_joblib_jobs(tmp_path):
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=2",
         "~callbacks.optuna_pruning.pruner",
-        "+callbacks.optuna_pruning.pruner={_target_:optuna.pruners.ThresholdPruner,upper:0.5}",
+        "+callbacks.optuna_pruning.pruner={_target_:optuna.pruners.ThresholdPruner,upper:0.5,n_warmup_steps:2}",
         "trainer.max_epochs=3",
         "trainer.limit_batches=5",
         "trainer.progress=false",
@@ -170,12 +170,14 @@ def test_optuna_prunes_trials_running_in_parallel_joblib_jobs(tmp_path):
     assert done.returncode == 0, done.stderr  # pruning is not a failure
     trials = study_in(sweep_dir).trials
     assert [trial.state for trial in trials] == [TrialState.PRUNED] * 2
-    assert [list(trial.intermediate_values) for trial in trials] == [[1], [1]]  # reported after epoch 1
+    assert [list(trial.intermediate_values) for trial in trials] == [[1, 2], [1, 2]]  # reported every epoch
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["pruned"] * 2
 
-    for last in sweep_dir.glob("*/checkpoints/last.ckpt"):
+    last_checkpoints = list(sweep_dir.glob("*/checkpoints/last.ckpt"))
+    assert len(last_checkpoints) == 2
+    for last in last_checkpoints:
         state = torch.load(last, weights_only=True)
-        assert state["epoch"] == 1
+        assert state["epoch"] == 1  # stopped during epoch 2, before its checkpoint
         threads = OmegaConf.create(state["config"]).trainer.num_threads
         assert threads >= 1 and 2 * threads <= os.cpu_count()  # 2 jobs at once never oversubscribe the cores
 

@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from trainlab.sweeps import first_line
-from trainlab.trainer import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +97,13 @@ class OptunaSearch:
                 for job in jobs:  # a config error fails here, not in every trial
                     self.config_loader.load_sweep_config(self.config, job)
                 results = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
-            except BaseException:  # a config error, Ctrl-C, a launcher failure: the trials did not run
-                for trial in trials:
+            except BaseException:  # a config error, a signal (trainlab.cli then exits the sweep), a launcher
+                for trial in trials:  # failure: these trials did not run to the end and do not count
                     trial.set_user_attr("interrupted", True)
                     study.tell(trial, state=TrialState.FAIL)
                 raise
             states = [tell(study, trial, result) for trial, result in zip(trials, results, strict=True)]
             failed += [t.number for t, state in zip(trials, states, strict=True) if state == TrialState.FAIL]
-            if any(t.user_attrs.get("interrupted") for t in trials):
-                raise SweepError(f"interrupted; run the same command again to continue study {self.study_name}")
         log_best(study, self.config.trainer.monitor)
         if failed:
             raise SweepError(
@@ -176,8 +173,6 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> TrialSt
             study.tell(trial, state=TrialState.PRUNED)
             return TrialState.PRUNED
         trial.set_user_attr("error", first_line(error))
-        if isinstance(error, Interrupted):
-            trial.set_user_attr("interrupted", True)
     study.tell(trial, state=TrialState.FAIL)
     return TrialState.FAIL
 
