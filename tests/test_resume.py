@@ -160,5 +160,6 @@ def test_signal_stops_a_whole_sweep(tmp_path, monkeypatch):
         "train.py", "-m", "optimizer.lr=0.001,0.002", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path}", QUIET
     )
     assert code == 128 + signal.SIGTERM
-    assert checkpoint.load(tmp_path / "0" / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4
-    assert not (tmp_path / "1").exists()
+    (first_job,) = tmp_path.glob("0_*")  # job dirs are <num>_<overrides>
+    assert checkpoint.load(first_job / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4
+    assert not list(tmp_path.glob("1_*"))
