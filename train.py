@@ -1,5 +1,7 @@
 """Train a model: `python train.py model=cnn dataset=mnist optimizer.lr=3e-4` (see conf/train.yaml)."""
 
+import os
+
 import hydra
 from omegaconf import DictConfig
 
@@ -19,4 +21,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one process group, one run dir
+        from trainlab.distributed import setup
+
+        setup()
     main()
