@@ -5,6 +5,8 @@ import os
 import hydra
 from omegaconf import DictConfig
 
+import trainlab.resolvers  # noqa: F401  (registers the resolvers conf/train.yaml uses)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:

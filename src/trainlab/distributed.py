@@ -1,8 +1,8 @@
 """Data-parallel runs launched by torchrun: process-group set-up, the rank-0 rule, and one run dir for all.
 
 torchrun starts one process per rank and each runs Hydra, which would give every rank its own timestamped
-run dir. ``setup()`` runs before Hydra: it joins the process group and makes Hydra's ``${now:...}`` resolver
-format rank 0's start time on every rank, so all ranks resolve the same run dir. Ranks other than 0 also
+run dir. ``setup()`` runs before Hydra: it joins the process group and sets rank 0's start time on every
+rank, which the run dir's ``${trainlab.start_time:...}`` formats, so all ranks resolve the same run dir. Ranks other than 0 also
 tell Hydra not to write its own files there; only rank 0 writes checkpoints, events and metrics.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
+
+from trainlab import resolvers
 
 
 def launched_by_torchrun() -> bool:
@@ -48,17 +48,13 @@ def local_device() -> torch.device:
 def setup() -> None:
     """Before Hydra: join torchrun's process group (NCCL on GPUs, gloo on CPUs) and agree on one run dir."""
     if launched_by_torchrun() and not is_distributed():
-        import hydra.core.utils  # noqa: F401  (registers Hydra's own ${now:}, replaced below)
-
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_device())
         dist.init_process_group(backend)
         start = [time.time()]
         dist.broadcast_object_list(start, src=0)
-        OmegaConf.register_new_resolver(
-            "now", lambda fmt: datetime.fromtimestamp(start[0]).strftime(fmt), use_cache=True, replace=True
-        )
+        resolvers.set_start_time(start[0])
         if not is_main():  # Hydra's own files (.hydra/, the log file) are rank 0's to write
             sys.argv += [
                 "hydra.output_subdir=null",
