@@ -1,7 +1,11 @@
 """Train a model: `python train.py model=cnn dataset=mnist optimizer.lr=3e-4` (see conf/train.yaml)."""
 
+import os
+
 import hydra
 from omegaconf import DictConfig
+
+import trainlab.resolvers  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -19,4 +23,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one process group, one run dir
+        from trainlab.distributed import setup
+
+        setup()
     main()

@@ -24,6 +24,10 @@ USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, MissingMan
 
 
 def print_config(cfg: DictConfig) -> None:
+    from trainlab import distributed
+
+    if not distributed.is_main():
+        return
     from rich.console import Console
     from rich.syntax import Syntax
 

@@ -62,6 +62,7 @@ class BatchedData:
     input_shape: tuple[int, ...]
     mean: torch.Tensor
     std: torch.Tensor
+    rank, world = 0, 1  # under DDP: this process's share of every batch (see ``distribute``)
 
     def __init__(self, batch_size: int, seed: int, augment: Augment | None):
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -83,6 +84,26 @@ class BatchedData:
 
     def num_samples(self, split: str) -> int:
         raise NotImplementedError
+
+    def distribute(self, rank: int, world: int) -> None:
+        """Serve rank ``rank`` of ``world`` processes its share of every batch: ``batch_size`` stays the global
+        batch, and each epoch's permutation is split into disjoint shards, one per rank."""
+        if self.batch_size % world:
+            raise DataError(
+                f"dataset.batch_size={self.batch_size} is the global batch and must divide evenly among the "
+                f"{world} processes; use a multiple of {world}"
+            )
+        self.rank, self.world = rank, world
+
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch's sample indices."""
+        return index[self.rank :: self.world]
+
+    def sharded_order(self, epoch: int, start: int = 0) -> list[torch.Tensor]:
+        """This rank's batches of an epoch, from batch ``start`` on: each global batch of the epoch's
+        permutation, sharded. A last global batch too small to give every rank a sample is dropped."""
+        batches = self.epoch_order(epoch)[start * self.batch_size :].split(self.batch_size)
+        return [self.shard(batch) for batch in batches if len(batch) >= self.world]
 
     def num_batches(self, split: str) -> int:
         return math.ceil(self.num_samples(split) / self.batch_size)
@@ -236,9 +257,8 @@ class TensorData(BatchedData):
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Shuffled training batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
-        order = self.epoch_order(epoch).to(self.device)
-        for batch, i in enumerate(range(start * self.batch_size, len(order), self.batch_size), start):
-            index = order[i : i + self.batch_size]
+        for batch, index in enumerate(self.sharded_order(epoch, start), start):
+            index = index.to(self.device)
             x = self.x_train[index]
             if self.augment is not None:
                 x = self.transform(self._augment(self.untransform(x), epoch, batch))
@@ -249,7 +269,9 @@ class TensorData(BatchedData):
         x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         step = batch_size or max(self.batch_size, 256)
         for i in range(0, len(y), step):
-            yield x[i : i + step], y[i : i + step]
+            index = self.shard(torch.arange(i, min(i + step, len(y)), device=self.device))
+            if len(index):
+                yield x[index], y[index]
 
 
 def _split(x, y, fraction: float, generator: torch.Generator):

@@ -97,7 +97,7 @@ class ImageFolderData(BatchedData):
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
         }
-        self._loaders: dict[str, tuple[DataLoader, _EpochOrder | None]] = {}
+        self._loaders: dict[str, tuple[DataLoader, _EpochOrder]] = {}
 
     def _channel_stat(self, values: Sequence[float], name: str) -> torch.Tensor:
         if len(values) != self.input_shape[0]:
@@ -150,16 +150,18 @@ class ImageFolderData(BatchedData):
         self.device = torch.device(device)
         return self
 
-    def _loader(self, split: str) -> tuple[DataLoader, _EpochOrder | None]:
+    def _loader(self, split: str) -> tuple[DataLoader, _EpochOrder]:
         """One DataLoader per split, made on first use (predicting on files never starts workers)."""
         if split not in self._loaders:
-            sampler = _EpochOrder() if split == "train" else None
+            sampler = _EpochOrder()
+            if split != "train":  # in order; under DDP, every world-th sample
+                sampler.order = list(range(self.rank, self.num_samples(split), self.world))
             settings = dict(
                 self.loader_settings, pin_memory=self.loader_settings["pin_memory"] and self.device.type == "cuda"
             )
             loader = DataLoader(
                 self.subsets[split],
-                batch_size=self.batch_size,
+                batch_size=self.batch_size // self.world,
                 sampler=sampler,
                 generator=torch.Generator(),  # so iterating never draws from the global RNG
                 **settings,
@@ -173,7 +175,7 @@ class ImageFolderData(BatchedData):
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         loader, sampler = self._loader("train")
-        sampler.order = self.epoch_order(epoch)[start * self.batch_size :].tolist()
+        sampler.order = [i for batch in self.sharded_order(epoch, start) for i in batch.tolist()]
         for batch, (x, y) in enumerate(self._on_device(loader), start):
             yield self.transform(self._augment(x, epoch, batch)), y
 

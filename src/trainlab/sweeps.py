@@ -22,24 +22,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+import trainlab.resolvers  # noqa: F401  (job processes of launchers resolve hydra.sweep.subdir with it)
 
 JOB_FILE = "job.json"
 STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}
-MAX_NAME = 150  # file systems take 255 bytes per folder name
-
-
-def run_name(overrides: str) -> str:
-    """A job's folder name from its overrides (Hydra's ``override_dirname``), which is also its run's name in
-    TensorBoard: ``/`` in values (``trainer.monitor=val/acc``) would make sub-folders, and long override lists
-    would exceed the file system's limit."""
-    name = overrides.replace("/", "_")
-    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 3] + "..."
-
-
-# Used by hydra.sweep.subdir (conf/train.yaml). Registered on import: Hydra imports this module in every
-# process that runs jobs, as it instantiates (or unpickles, in launcher workers) the SweepSummary callback.
-OmegaConf.register_new_resolver("trainlab.run_name", run_name, replace=True)
 
 
 class SweepSummary(Callback):

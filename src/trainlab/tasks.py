@@ -98,6 +98,8 @@ class Task:
             preds = self.predict(outputs)
         for name, metric in metrics.items(keep_base=True):
             if name == "loss":
-                metric.update(loss.detach().float(), weight=targets.shape[0])
+                # one value per sample: with nan_strategy="disable" MeanMetric ignores `weight`, and a
+                # smaller last batch must not count as much as a full one
+                metric.update(loss.detach().float().expand(targets.shape[0]))
             else:
                 metric.update(preds, targets)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from trainlab import checkpoint
+from trainlab import checkpoint, distributed
 from trainlab.callbacks import Callback
 from trainlab.dataloader import TensorData
 from trainlab.progress import Progress, format_metrics, print_summary
@@ -78,6 +78,30 @@ def evaluate(
     return {name: float(value) for name, value in metrics.compute().items()} if seen else {}
 
 
+def _check_strategy(strategy: str) -> bool:
+    """Whether to run DDP. A launch that does not fit the strategy is refused, rather than run as N copies."""
+    if strategy not in ("auto", "ddp"):
+        raise ValueError(f"trainer.strategy must be auto or ddp, got {strategy!r}")
+    if strategy == "ddp" and not distributed.is_distributed():
+        raise ValueError(
+            "trainer.strategy=ddp needs one process per device, started by torchrun: "
+            "torchrun --nproc_per_node=2 train.py trainer.strategy=ddp ..."
+        )
+    if strategy == "auto" and distributed.is_distributed():
+        raise ValueError(
+            f"started by torchrun with {distributed.world_size()} processes, but trainer.strategy=auto; "
+            "add trainer.strategy=ddp"
+        )
+    return strategy == "ddp"
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's writer on ranks other than 0, which write nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 class Trainer:
     """Fits a model on a data set and writes the run: checkpoints, TensorBoard events and metrics.json.
 
@@ -93,6 +117,8 @@ class Trainer:
         deterministic: make torch choose deterministic algorithms (CPU runs are deterministic anyway).
         num_threads: torch's intra-op threads; null keeps torch's default.
         progress: show a progress bar per epoch.
+        strategy: ``auto`` (one process) or ``ddp`` (DistributedDataParallel, one process per device, launched
+            by torchrun: ``dataset.batch_size`` is then the global batch, split among the processes).
         callbacks: named callbacks (``callbacks.early_stopping``...), called after every epoch.
     """
 
@@ -110,6 +136,7 @@ class Trainer:
         deterministic: bool = False,
         num_threads: int | None = None,
         progress: bool = True,
+        strategy: str = "auto",
         callbacks: dict[str, Callback] | None = None,
     ):
         if not isinstance(max_epochs, int) or max_epochs < 0:
@@ -118,15 +145,16 @@ class Trainer:
             raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
         if str(precision) not in ("32", "bf16", "16"):
             raise ValueError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+        self.ddp = _check_strategy(strategy)
         self.max_epochs = max_epochs
-        self.device = pick_device(device)
+        self.device = distributed.local_device() if self.ddp and device == "auto" else pick_device(device)
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.grad_clip = grad_clip
         self.accumulate = max(1, accumulate_grad_batches)
         self.precision = str(precision)
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.limit_batches = limit_batches
-        self.show_progress = progress
+        self.show_progress = progress and distributed.is_main()
         self.callbacks = dict(callbacks or {})
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
@@ -169,6 +197,14 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.model, self.data, self.optimizer = model.to(self.device), data.to(self.device), optimizer
+        self.train_model = model  # what the training step runs: under DDP, the wrapped model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            data.distribute(distributed.rank(), distributed.world_size())
+            self.train_model = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -185,13 +221,17 @@ class Trainer:
             self._restore(ckpt_path)
 
         start = time.perf_counter()
-        self.writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
+        self.writer = (
+            SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
+            if distributed.is_main()
+            else _NoWriter()
+        )
         previous_handlers = self._catch_signals()
         try:
             for callback in self.callbacks.values():
                 callback.on_fit_start(self)
             while self.epoch < self.max_epochs and not self.should_stop:
-                if self._signal is not None:  # arrived during validation or checkpointing
+                if self._signal_received():  # arrived during validation or checkpointing
                     self._save_interrupted()
                 train_metrics = self._train_epoch()
                 val_metrics = self.evaluate("val")
@@ -203,11 +243,13 @@ class Trainer:
                 log.info("epoch %d/%d: %s", self.epoch, self.max_epochs, format_metrics(epoch_metrics))
                 for callback in self.callbacks.values():  # before the checkpoint, which saves their state
                     callback.on_epoch_end(self, epoch_metrics)
+                self.should_stop = distributed.from_main(self.should_stop)  # decided once, on rank 0
                 self._checkpoint(epoch_metrics)
             results = self._test()
             results["wall_time_s"] = round(time.perf_counter() - start, 3)
-            self._write_results(results, hparams or {})
-            print_summary(results, self.run_dir)
+            if distributed.is_main():
+                self._write_results(results, hparams or {})
+                print_summary(results, self.run_dir)
             return results
         finally:
             self._restore_signals(previous_handlers)
@@ -232,7 +274,7 @@ class Trainer:
                     self._log_scalars({"train/loss_step": loss_value, "lr": self.lr})
                     bar.set_loss(loss_value)
                 bar.advance()
-                if self._signal is not None and self._stepped and self.batch_in_epoch < total:
+                if self._stepped and self.batch_in_epoch < total and self._signal_received(at_step=True):
                     self._check_finite(loss)  # never replace the last good checkpoint with a diverged one
                     self._save_interrupted()
         return self._compute(metrics)
@@ -240,9 +282,9 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics) -> torch.Tensor:
         """Forward and backward on one batch; an optimizer step every ``accumulate`` batches."""
         with self.autocast():
-            outputs = self.model(x)
+            outputs = self.train_model(x)
             loss = self.task.loss(outputs, y)
-        self.scaler.scale(loss / self.accumulate).backward()
+        self.scaler.scale(loss * self._loss_weight(len(y))).backward()
         self.task.update(metrics, outputs, y, loss)
         end_of_epoch = self.batch_in_epoch + 1 == self._limit(self.data.num_batches("train"))
         self._stepped = (self.batch_in_epoch + 1) % self.accumulate == 0 or end_of_epoch
@@ -264,6 +306,16 @@ class Trainer:
         return evaluate(self.model, batches, self.task, split, self.device, self.autocast)
 
     # -- pieces of the loop --------------------------------------------------------------------------
+    def _loss_weight(self, n: int) -> float:
+        """The factor on a batch's mean loss before backward: 1 / accumulate; and under DDP, which averages
+        the ranks' gradients, this rank's share of the global batch times the ranks, so that the gradient is
+        the global batch's mean whatever its split (equal to a single process's)."""
+        if not self.ddp:
+            return 1 / self.accumulate
+        batch_size = self.data.batch_size
+        global_n = min(batch_size, self.data.num_samples("train") - self.batch_in_epoch * batch_size)
+        return n * self.data.world / global_n / self.accumulate
+
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -348,10 +400,11 @@ class Trainer:
         if improved:
             self.best_score, self.best_epoch = score, self.epoch
             self.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
-        state = self.state_dict()
-        checkpoint.save(state, self.ckpt_dir / "last.ckpt")
-        if improved:
-            checkpoint.save(state, self.ckpt_dir / "best.ckpt")
+        if distributed.is_main():
+            state = self.state_dict()
+            checkpoint.save(state, self.ckpt_dir / "last.ckpt")
+            if improved:
+                checkpoint.save(state, self.ckpt_dir / "best.ckpt")
 
     def _restore(self, ckpt_path: str | Path) -> None:
         state = checkpoint.load(ckpt_path, map_location=self.device)
@@ -376,7 +429,7 @@ class Trainer:
         """Copy the resumed run's ``best.ckpt`` into this run, so that the test uses the best epoch even if
         it came before the resume."""
         best = self.ckpt_dir / "best.ckpt"
-        if not self.best_epoch or previous_best.resolve() == best.resolve():
+        if not self.best_epoch or previous_best.resolve() == best.resolve() or not distributed.is_main():
             return
         state = checkpoint.load(previous_best) if previous_best.is_file() else {}
         if state.get("epoch") != self.best_epoch:
@@ -410,9 +463,22 @@ class Trainer:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
+    def _signal_received(self, at_step: bool = False) -> bool:
+        """Whether to stop for SIGTERM/SIGINT now. Under DDP all ranks must stop at the same step, so they
+        agree through a collective: at every epoch's start, and inside one every ``log_every_n_steps``."""
+        if not self.ddp:
+            return self._signal is not None
+        if at_step and self.global_step % self.log_every_n_steps:
+            return False
+        if distributed.any_rank(self._signal is not None):
+            self._signal = self._signal or signal.SIGTERM  # another rank got it
+            return True
+        return False
+
     def _save_interrupted(self) -> None:
         path = self.ckpt_dir / "last.ckpt"
-        checkpoint.save(self.state_dict(), path)
+        if distributed.is_main():
+            checkpoint.save(self.state_dict(), path)
         name = signal.Signals(self._signal).name
         raise Interrupted(
             f"stopped by {name} at epoch {self.epoch + 1}, step {self.global_step}; saved {path}",
@@ -423,8 +489,10 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------------
     def _test(self) -> dict[str, Any]:
         best = self.ckpt_dir / "best.ckpt"
-        if best.exists():
-            self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
+        weights = checkpoint.load(best)["model"] if distributed.is_main() and best.exists() else None
+        weights = distributed.from_main_object(weights)  # rank 0's files are rank 0's alone
+        if weights is not None:
+            self.model.load_state_dict(weights)
         test_metrics = self.evaluate("test")
         self._log_scalars(test_metrics)
         for callback in self.callbacks.values():

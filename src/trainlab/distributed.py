@@ -1,0 +1,90 @@
+"""Data-parallel runs launched by torchrun: process-group set-up, the rank-0 rule, and one run dir for all.
+
+torchrun starts one process per rank and each runs Hydra, which would give every rank its own timestamped
+run dir. ``setup()`` runs before Hydra: it joins the process group and sets rank 0's start time on every
+rank, which the run dir's ``${trainlab.start_time:...}`` formats, so all ranks resolve the same run dir. Ranks other than 0 also
+tell Hydra not to write its own files there; only rank 0 writes checkpoints, events and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from trainlab import resolvers
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device() -> torch.device:
+    """This rank's GPU (``cuda:LOCAL_RANK``) where there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def setup() -> None:
+    """Before Hydra: join torchrun's process group (NCCL on GPUs, gloo on CPUs) and agree on one run dir."""
+    if launched_by_torchrun() and not is_distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_device())
+        dist.init_process_group(backend)
+        start = [time.time()]
+        dist.broadcast_object_list(start, src=0)
+        resolvers.set_start_time(start[0])
+        if not is_main():  # Hydra's own files (.hydra/, the log file) are rank 0's to write
+            sys.argv += [
+                "hydra.output_subdir=null",
+                "hydra/job_logging=stdout",
+                "hydra.job_logging.root.level=WARNING",
+            ]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank: for decisions all ranks must take together (stop on a signal)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device=local_device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def from_main(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank: a decision taken once (early stopping) and broadcast."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device=local_device() if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def from_main_object(obj):
+    """Rank 0's ``obj`` (any picklable value, e.g. a state dict read from rank 0's files) on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
