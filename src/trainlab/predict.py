@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainlab import checkpoint
-from trainlab.dataloader import TensorData
+from trainlab.dataloader import DataError, TensorData
 from trainlab.progress import format_metrics
 from trainlab.run import build_data_and_model
 from trainlab.trainer import evaluate, pick_device
@@ -51,7 +51,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         log.info("test metrics of %s: %s (written to %s)", ckpt_path, format_metrics(metrics), output)
         return metrics
 
-    names, raw, targets = data.read_inputs(Path(to_absolute_path(cfg.input)))
+    source = Path(to_absolute_path(cfg.input))
+    if not source.exists():
+        raise DataError(f"input={cfg.input}: {source} does not exist; pass an image, a folder of images or a CSV")
+    names, raw, targets = data.read_inputs(source)
     x = data.transform(raw.to(device))
     with torch.no_grad():
         outputs = torch.cat([model(x[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)])
