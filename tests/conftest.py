@@ -23,9 +23,10 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
-    """The config train.py would see for ``overrides``, with the progress bar off."""
+    """The config train.py would see for ``overrides``, with the progress bar off and one torch thread: on a
+    CPU shared with other jobs, torch's multi-threaded small ops run many times slower than on one thread."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        extra = ["trainer.progress=false"] if config_name == "train" else []
+        extra = ["trainer.progress=false", "trainer.num_threads=1"] if config_name == "train" else []
         return compose(config_name, overrides=[*extra, *overrides])
 
 

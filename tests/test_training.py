@@ -24,47 +24,42 @@ def scalars(run_dir, tag: str) -> list[float]:
 
 
 def test_default_run_reaches_95_percent(digits_run):
+    """The multiclass task: ``python train.py`` (mlp on digits, 10 epochs)."""
     _, metrics = digits_run
     assert metrics["test/acc"] >= 0.95
     assert metrics["epochs"] == 10 and 1 <= metrics["best_epoch"] <= 10
 
 
-@pytest.mark.parametrize(
-    "dataset, metric, at_least",
-    [
-        ("digits", "test/acc", 0.9),  # multiclass; chance is 0.1
-        ("breast_cancer", "test/acc", 0.9),  # binary; the majority class is 0.63
-        ("diabetes", "test/r2", 0.3),  # regression; predicting the mean gives 0
-    ],
-)
-def test_each_task_kind_learns(train_run, dataset, metric, at_least):
-    _, metrics = train_run(f"dataset={dataset}", "trainer.max_epochs=5")
-    assert metrics[metric] >= at_least
+def test_binary_task_learns(train_run):
+    _, metrics = train_run("dataset=breast_cancer", "trainer.max_epochs=5")
+    assert metrics["test/acc"] >= 0.9  # the majority class is 0.63
+    assert metrics["test/f1"] >= 0.9
 
 
-def test_regression_metrics_are_in_the_data_units(train_run):
+def test_regression_task_learns_in_the_data_units(train_run):
     """The model learns standardised targets, but MSE and R2 are those of the predictions in units."""
-    cfg = make_config("dataset=diabetes", "model=linear", "trainer.max_epochs=3")
-    _, metrics = train_run("dataset=diabetes", "model=linear", "trainer.max_epochs=3")
-    data, _ = build_data_and_model(cfg)
+    overrides = ("dataset=diabetes", "trainer.max_epochs=5")
+    _, metrics = train_run(*overrides)
+    assert metrics["test/r2"] >= 0.3  # predicting the mean gives 0
+    data, _ = build_data_and_model(make_config(*overrides))
     variance = data.y_test.var(correction=0).item()
     assert metrics["test/r2"] == pytest.approx(1 - metrics["test/mse"] / variance, abs=1e-4)
 
 
 @pytest.mark.parametrize("model", ["linear", "mlp", "cnn", "resnet"])
 def test_each_model_trains(train_run, model):
+    """Two short epochs on the 8x8 digits: the training loss of the second is below that of the first."""
     run_dir, metrics = train_run(
         f"model={model}",
-        "dataset.batch_size=16",
+        "dataset.batch_size=32",
+        "dataset.val_fraction=0.05",
+        "dataset.test_fraction=0.05",
         "trainer.max_epochs=2",
-        "trainer.limit_batches=4",
-        "trainer.log_every_n_steps=1",
+        "trainer.limit_batches=5",
     )
-    assert (metrics["epochs"], metrics["global_step"]) == (2, 8)
-    losses = scalars(run_dir, "train/loss_step")
-    assert len(losses) == 8 and all(map(math.isfinite, losses))
-    assert sum(losses[-2:]) < sum(losses[:2])  # it learns from the first steps on
-    assert 0 <= metrics["test/acc"] <= 1
+    assert (metrics["epochs"], metrics["global_step"]) == (2, 10)
+    first, second = scalars(run_dir, "train/loss")
+    assert math.isfinite(metrics["test/loss"]) and second < first
 
 
 def test_linear_model_recovers_weight_and_bias(train_run):
