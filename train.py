@@ -10,7 +10,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from trainlab.cli import print_config, run_job
     from trainlab.run import train
+    from trainlab.sweeps import limit_threads_of_parallel_jobs
 
+    limit_threads_of_parallel_jobs(cfg)
     print_config(cfg)
     metrics = run_job(lambda: train(cfg, HydraConfig.get().runtime.output_dir), cfg.debug_errors)
     return metrics.get("best_score")  # what sweepers optimise

@@ -13,8 +13,15 @@ log = logging.getLogger(__name__)
 
 
 class Callback:
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once the model, data and TensorBoard writer are ready, before the first epoch."""
+
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Called after validation and checkpointing; ``metrics`` holds the epoch's values by tag."""
+        """Called after validation, before the epoch's checkpoint (which saves ``state_dict``), so that a
+        resumed run continues exactly; ``metrics`` holds the epoch's values by tag."""
+
+    def on_test_end(self, trainer: Trainer) -> None:
+        """Called after the test split was evaluated with the best weights."""
 
     def state_dict(self) -> dict:
         return {}

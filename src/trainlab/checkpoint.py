@@ -11,15 +11,19 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 FORMAT = "trainlab/1"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
 
 
 class CheckpointError(RuntimeError):
@@ -44,26 +48,87 @@ def save(state: dict[str, Any], path: Path) -> None:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a trainlab checkpoint with ``weights_only=True``; every way it can fail gets its own message."""
+    """Read a trainlab checkpoint with ``weights_only=True``; every way it can fail gets its own message.
+
+    Files that are not torch's zip format (a bare pickle, anything else) are refused before a byte of them
+    is unpickled; inside a zip, torch's weights-only unpickler refuses anything but tensors and plain data.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt=<run dir>/checkpoints/best.ckpt")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run's checkpoints/last.ckpt or best.ckpt")
+    with open(path, "rb") as f:
+        magic = f.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:
+        what = (
+            "empty"
+            if not magic
+            else "a bare pickle, which could run code: refused without reading it"
+            if magic.startswith(b"\x80")
+            else "not a file written by torch.save"
+        )
+        raise CheckpointError(f"{path} is not a trainlab checkpoint ({what}); use a run's last.ckpt or best.ckpt")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise CheckpointError(
-            f"refused to load {path}: it contains objects other than tensors and plain data, which could run "
-            f"code ({first}); only load checkpoints you trust, and only ones written by trainlab"
+            f"refused to load {path}: it holds {blocked[1] if blocked else 'objects'}, not only tensors and plain "
+            "data, so it could run code; nothing in it was run. Only load checkpoints you trust"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as error:
+        reason = str(error).strip().split(". ")[0] or type(error).__name__
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or not a torch file: {error}); "
-            "use the run's last.ckpt or best.ckpt"
+            f"{path} is truncated or corrupt ({reason}); use the run's last.ckpt or best.ckpt"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a torch file but not a trainlab checkpoint (no {FORMAT!r} format tag)")
+        raise CheckpointError(
+            f"{path} is a torch file but not a trainlab checkpoint (no {FORMAT!r} format tag); use a checkpoint "
+            "written by train.py"
+        )
     return state
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load the checkpoint's weights into ``model``, or say how they differ from it."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first_difference = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+        if len(first_difference) > 160:
+            first_difference = first_difference[:157] + "..."
+        raise CheckpointError(
+            f"{path} holds weights for a different model than the config builds ({first_difference}); use the "
+            "model settings of the run that wrote it"
+        ) from None
+
+
+def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
+    """The run config stored in a checkpoint, refused if it names code outside trainlab.
+
+    predict.py instantiates the ``_target_`` classes of this config, so a crafted checkpoint with a
+    harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only trainlab's are built.
+    """
+    cfg = OmegaConf.create(state["config"])
+    for key in ("dataset", "model"):
+        for target in _targets(OmegaConf.to_container(cfg[key])):
+            if not target.startswith("trainlab."):
+                raise CheckpointError(
+                    f"refused {path}: its config names {key} class {target}, and predict only builds trainlab's "
+                    "own classes from a checkpoint; nothing was run"
+                )
+    return cfg
+
+
+def _targets(node: Any) -> Iterator[str]:
+    """Every ``_target_`` in a config container, nested ones included."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield str(node["_target_"])
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _targets(item)
 
 
 def rng_states() -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from trainlab.checkpoint import CheckpointError
 from trainlab.dataloader import DataError
@@ -19,7 +20,7 @@ from trainlab.trainer import Interrupted, TrainingError
 log = logging.getLogger("trainlab")
 
 # Errors whose message is the whole story: shown as one line, without a traceback.
-USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError)
+USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, MissingMandatoryValue)
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -35,18 +36,25 @@ def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def resume_command(ckpt_path) -> str:
+    """The command line that continues this run from ``ckpt_path``: the same overrides, a new ckpt_path."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    return shlex.join(["python", os.path.basename(sys.argv[0]), *kept, f"ckpt_path={ckpt_path}"])
+
+
 def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
     """Run ``job``; a user error becomes ``error: <message>`` and exit code 1 (a signal: 128 + signum).
 
-    In a multirun the error is re-raised instead, so that Hydra records the job as failed and the sweep
-    goes on. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the full traceback.
+    In a multirun a user error is re-raised instead, so that Hydra records the job as failed and the sweep
+    goes on; a signal stops the sweep too. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the traceback.
     """
     try:
         return job()
     except Interrupted as interrupted:
-        if _multirun():
-            raise
-        log.error("%s", interrupted)
+        log.error("%s. Resume with: %s", interrupted, resume_command(interrupted.ckpt_path))
         sys.exit(interrupted.exit_code)
     except Exception as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
@@ -54,5 +62,5 @@ def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
             raise
         if not isinstance(cause, USER_ERRORS):
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(1)

@@ -3,7 +3,8 @@
 Every data set here fits in memory, so it is decoded once into tensors, split, normalised once and then
 served as batches by index from a seeded permutation, on the training device. This is several times
 faster than a per-sample DataLoader, and it makes the data order a pure function of (seed, epoch), which
-is what exact resume relies on.
+is what exact resume relies on. (Image folders too large for memory stream through a DataLoader in the
+same order: ``image_folder.py``; both offer the interface of ``BatchedData``.)
 
 A data set is one subclass of ``TensorData`` that implements ``load()`` and one YAML file in
 ``conf/dataset/`` that names it with ``_target_``.
@@ -16,12 +17,16 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 
 from trainlab.tasks import Kind, Task
+
+if TYPE_CHECKING:
+    from trainlab.augment import Augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,7 +50,99 @@ class Splits:
     feature_names: Sequence[str] | None = None
 
 
-class TensorData:
+class BatchedData:
+    """What the trainer, predict and the TensorBoard pictures use of a data set, wherever its samples live.
+
+    Subclasses set ``task``, ``input_shape``, ``classes``, ``mean`` and ``std``, and serve batches already on
+    the device and normalised; ``transform`` maps raw inputs (as ``read_inputs`` returns them) to model
+    inputs and ``untransform`` back. Training batches alone pass through ``augment``, seeded per batch.
+    """
+
+    task: Task
+    input_shape: tuple[int, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, batch_size: int, seed: int, augment: Augment | None):
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise DataError(f"dataset.batch_size must be a positive integer, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.classes: list[str] | None = None
+        self.device = torch.device("cpu")
+
+    @property
+    def num_outputs(self) -> int:
+        return self.task.num_outputs
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes' names; their indices where the data set names none."""
+        return self.classes or [str(i) for i in range(self.task.num_classes)]
+
+    def num_samples(self, split: str) -> int:
+        raise NotImplementedError
+
+    def num_batches(self, split: str) -> int:
+        return math.ceil(self.num_samples(split) / self.batch_size)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The training order of one epoch: a permutation that depends only on the seed and the epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples("train"), generator=generator)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Shuffled, augmented training batches of ``epoch``, from batch number ``start`` on."""
+        raise NotImplementedError
+
+    def batches(self, split: str) -> Iterator[Batch]:
+        """The ``val`` or ``test`` split in order, never augmented."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> BatchedData:
+        raise NotImplementedError
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs (as ``read_inputs`` returns them) to model inputs: the training-time normalisation."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(
+                f"inputs of shape {tuple(x.shape[1:])} do not fit this model, which expects {self.input_shape}"
+            )
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def untransform(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs back to raw features (images in [0, 1]), for augmentation and pictures."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def _augment(self, raw: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        """``augment`` applied to a raw training batch with a generator seeded by (seed, epoch, batch), so that
+        a resumed run, or a picture of the first batch, draws exactly what an uninterrupted run draws."""
+        if self.augment is None:
+            return raw
+        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + batch) % 2**63
+        generator = torch.Generator(raw.device).manual_seed(seed)
+        return self.augment(raw, generator)
+
+    def state_dict(self) -> dict:
+        """The fitted preprocessing, stored in checkpoints so that predict applies exactly the same."""
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "target_mean": self.task.target_mean,
+            "target_std": self.task.target_std,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.std = state["mean"], state["std"]
+        self.task.target_mean, self.task.target_std = state["target_mean"], state["target_std"]
+
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        """Read prediction inputs from ``path``: names, raw features and, where present, targets."""
+        raise DataError(f"{type(self).__name__} cannot read prediction inputs from files")
+
+
+class TensorData(BatchedData):
     """A data set held in memory as tensors: splits, normalisation and batching.
 
     Args:
@@ -58,6 +155,7 @@ class TensorData:
             training split, per channel for images and per feature for tables.
         standardize_target: regression only; the model learns standardised targets, metrics stay in units.
         num_workers: unused by in-memory data (kept so every data set takes the same settings).
+        augment: batched augmentation of training batches (``conf/augment/``); None: none.
     """
 
     def __init__(
@@ -72,16 +170,13 @@ class TensorData:
         std: Sequence[float] | None = None,
         standardize_target: bool = False,
         num_workers: int = 0,
+        augment: Augment | None = None,
     ):
-        if batch_size <= 0:
-            raise DataError(f"dataset.batch_size must be a positive integer, got {batch_size}")
-        if not 0 <= val_fraction < 1:
+        super().__init__(batch_size, seed, augment)
+        if not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
             raise DataError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
         if not 0 < test_fraction < 1:
             raise DataError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = torch.device("cpu")
 
         splits = self.load()
         self.classes = list(splits.classes) if splits.classes is not None else None
@@ -116,14 +211,6 @@ class TensorData:
             std = fitted_std if std is None else std
         return torch.as_tensor(mean).float().reshape(stat_shape), torch.as_tensor(std).float().reshape(stat_shape)
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw features (as ``load`` returns them) to model inputs: the training-time normalisation."""
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise DataError(
-                f"inputs of shape {tuple(x.shape[1:])} do not fit this model, which expects {self.input_shape}"
-            )
-        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
-
     def _make_task(self, kind: Kind, standardize_target: bool) -> Task:
         if kind == "regression":
             y = self.y_train.float()
@@ -136,19 +223,6 @@ class TensorData:
             raise DataError(f"a binary task needs 2 classes, this data set has {num_classes}")
         return Task(kind, num_classes=num_classes)
 
-    def state_dict(self) -> dict:
-        """The fitted preprocessing, stored in checkpoints so that predict applies exactly the same."""
-        return {
-            "mean": self.mean,
-            "std": self.std,
-            "target_mean": self.task.target_mean,
-            "target_std": self.task.target_std,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.std = state["mean"], state["std"]
-        self.task.target_mean, self.task.target_std = state["target_mean"], state["target_std"]
-
     # -- batching ------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> TensorData:
         """Move every split to ``device`` once, so that batching is an index on the device."""
@@ -157,24 +231,18 @@ class TensorData:
             setattr(self, name, getattr(self, name).to(self.device))
         return self
 
-    @property
-    def num_outputs(self) -> int:
-        return self.task.num_outputs
-
-    def num_batches(self, split: str) -> int:
-        return math.ceil(len(getattr(self, f"y_{split}")) / self.batch_size)
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The training order of one epoch: a permutation that depends only on the seed and the epoch."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.y_train), generator=generator)
+    def num_samples(self, split: str) -> int:
+        return len(getattr(self, f"y_{split}"))
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Shuffled training batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
         order = self.epoch_order(epoch).to(self.device)
-        for i in range(start * self.batch_size, len(order), self.batch_size):
+        for batch, i in enumerate(range(start * self.batch_size, len(order), self.batch_size), start):
             index = order[i : i + self.batch_size]
-            yield self.x_train[index], self.y_train[index]
+            x = self.x_train[index]
+            if self.augment is not None:
+                x = self.transform(self._augment(self.untransform(x), epoch, batch))
+            yield x, self.y_train[index]
 
     def batches(self, split: str, batch_size: int | None = None) -> Iterator[Batch]:
         """The ``val`` or ``test`` split in order."""
@@ -182,11 +250,6 @@ class TensorData:
         step = batch_size or max(self.batch_size, 256)
         for i in range(0, len(y), step):
             yield x[i : i + step], y[i : i + step]
-
-    # -- inputs for predict --------------------------------------------------------------------------
-    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-        """Read prediction inputs from ``path``: names, raw features and, where present, targets."""
-        raise DataError(f"{type(self).__name__} cannot read prediction inputs from files")
 
 
 def _split(x, y, fraction: float, generator: torch.Generator):
@@ -201,25 +264,29 @@ def _split(x, y, fraction: float, generator: torch.Generator):
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself, or the image files in the folder ``path`` in name order."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+    return files
+
+
 class ImageData(TensorData):
     """Images as (N, C, H, W) float tensors in [0, 1]; predicts on an image file or a folder of them."""
 
     def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, None]:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.functional import pil_to_tensor
 
-        files = (
-            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-        )
-        if not files:
-            raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        files = image_files(path)
         channels, height, width = self.input_shape
         images = []
         for file in files:
             try:
                 image = Image.open(file).convert("L" if channels == 1 else "RGB").resize((width, height))
-            except OSError as error:
-                raise DataError(f"{file} is not an image this model can read ({error})") from None
+            except UnidentifiedImageError:
+                raise DataError(f"{file} is not an image; this model predicts on image files") from None
             images.append(pil_to_tensor(image).float() / 255)
         return [str(f) for f in files], torch.stack(images), None
 

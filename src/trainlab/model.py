@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from math import prod
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -99,3 +100,89 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class TorchvisionModel(nn.Module):
+    """Any torchvision classification model by name (``resnet18``, ``efficientnet_b0``, ``vit_b_16``...),
+    its last linear layer (the classifier head) replaced by a fresh one with ``num_outputs`` outputs.
+
+    Args:
+        name: a name ``torchvision.models.list_models(torchvision.models)`` lists.
+        weights: a local file with the model's state dict (torchvision's ``.pth`` downloads are such files);
+            its head is left out, so a file for any number of classes fits. null: random initialisation.
+            Nothing is downloaded: names of torchvision's weights are refused with the file to fetch.
+        freeze_backbone: train the head only; the backbone's parameters get ``requires_grad=False`` and its
+            batch-norm statistics stay as loaded (the backbone stays in eval mode).
+        options: extra keyword arguments for the model's constructor (e.g. ``aux_logits: false``).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        name: str = "resnet18",
+        weights: str | None = None,
+        freeze_backbone: bool = False,
+        options: dict | None = None,
+    ):
+        super().__init__()
+        import torchvision
+
+        if name not in torchvision.models.list_models(torchvision.models):
+            raise ValueError(f"model.name={name!r} is not a torchvision classification model; e.g. resnet18")
+        if input_shape[0] not in (1, 3):
+            raise ValueError(f"torchvision models take 1- or 3-channel images, not inputs of shape {input_shape}")
+        self.net = torchvision.models.get_model(name, weights=None, **(options or {}))
+        linear = [n for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise ValueError(f"model.name={name}: no linear classifier head to replace; choose another model")
+        head_name = linear[-1]
+        if weights:
+            self._load_backbone(name, weights, head_name)
+        parent, _, leaf = head_name.rpartition(".")
+        in_features = self.net.get_submodule(head_name).in_features
+        setattr(self.net.get_submodule(parent), leaf, nn.Linear(in_features, num_outputs))
+        self.head_name = head_name
+        self.grayscale = input_shape[0] == 1
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for parameter in self.net.parameters():
+                parameter.requires_grad = False
+            self.head.requires_grad_(True)
+
+    def _load_backbone(self, name: str, weights: str, head_name: str) -> None:
+        import torchvision
+        from hydra.utils import to_absolute_path
+
+        path = Path(to_absolute_path(weights))
+        if not path.is_file():
+            known = torchvision.models.get_model_weights(name).__members__  # IMAGENET1K_V1, DEFAULT...
+            key = path.name.rpartition(".")[2]  # ResNet18_Weights.DEFAULT -> DEFAULT
+            if key in known:
+                raise ValueError(
+                    f"model.weights={path.name} names torchvision's pretrained weights, which would be downloaded, "
+                    f"and nothing is downloaded here: fetch {known[key].url} elsewhere and pass "
+                    "model.weights=<that file>"
+                )
+            raise ValueError(f"model.weights={weights}: no such file; give the path of a saved state dict")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head_name}.")}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(f"{head_name}.") for k in missing):
+            raise ValueError(
+                f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.net.get_submodule(self.head_name)
+
+    def train(self, mode: bool = True) -> TorchvisionModel:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.net.eval()
+            self.head.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.expand(-1, 3, -1, -1) if self.grayscale else x)

@@ -10,30 +10,26 @@ from typing import Any
 
 import torch
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from trainlab import checkpoint
-from trainlab.dataloader import DataError, TensorData
+from trainlab.dataloader import BatchedData, DataError
 from trainlab.progress import format_metrics
 from trainlab.run import build_data_and_model
 from trainlab.trainer import evaluate, pick_device
+from trainlab.visuals import confusion_matrix_image
 
 log = logging.getLogger(__name__)
 
 
-def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfig, TensorData, nn.Module]:
+def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfig, BatchedData, nn.Module]:
     """Rebuild data and model from the config inside a checkpoint and load its weights and preprocessing."""
     state = checkpoint.load(ckpt_path, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
+    cfg = checkpoint.trusted_config(state, ckpt_path)
     data, model = build_data_and_model(cfg)
     data.load_state_dict(state["data"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise checkpoint.CheckpointError(
-            f"{ckpt_path}: its weights do not fit the model its config builds ({str(error).splitlines()[0]})"
-        ) from None
+    checkpoint.load_weights(model, state, ckpt_path)
     return cfg, data.to(device), model.to(device).eval()
 
 
@@ -51,10 +47,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         log.info("test metrics of %s: %s (written to %s)", ckpt_path, format_metrics(metrics), output)
         return metrics
 
-    source = Path(to_absolute_path(cfg.input))
-    if not source.exists():
-        raise DataError(f"input={cfg.input}: {source} does not exist; pass an image, a folder of images or a CSV")
-    names, raw, targets = data.read_inputs(source)
+    input_path = Path(to_absolute_path(cfg.input))
+    if not input_path.exists():
+        raise DataError(f"input={input_path} does not exist; pass an image, a folder of images or a CSV file")
+    names, raw, targets = data.read_inputs(input_path)
     x = data.transform(raw.to(device))
     with torch.no_grad():
         outputs = torch.cat([model(x[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)])
@@ -65,10 +61,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         return {}
     metrics = evaluate(model, [(x, targets.to(device))], data.task, "input", device)
     log.info("metrics on %s: %s", cfg.input, format_metrics(metrics))
+    if data.task.is_classification:
+        picture = output.with_name(f"{output.stem}_confusion_matrix.png")
+        confusion_matrix_image(data.task.predict(outputs), targets, data.class_names).save(picture)
+        log.info("confusion matrix: %s", picture)
     return metrics
 
 
-def write_predictions(path: Path, names: list[str], outputs: torch.Tensor, data: TensorData) -> None:
+def write_predictions(path: Path, names: list[str], outputs: torch.Tensor, data: BatchedData) -> None:
     """CSV rows: the input's name, the prediction and, for classifiers, one probability per class."""
     task = data.task
     predictions = task.predict(outputs).cpu()

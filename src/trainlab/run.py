@@ -15,7 +15,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainlab.dataloader import TensorData
+from trainlab.dataloader import BatchedData
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data_and_model(cfg: DictConfig) -> tuple[TensorData, nn.Module]:
+def build_data_and_model(cfg: DictConfig) -> tuple[BatchedData, nn.Module]:
     """The data set, then the model sized by it: ``input_shape`` and ``num_outputs`` come from the data."""
     seed_everything(cfg.seed)
-    data = instantiate(cfg.dataset)
+    augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
+    data = instantiate(cfg.dataset, augment=augment)
     model = instantiate(cfg.model, input_shape=list(data.input_shape), num_outputs=data.num_outputs)
     return data, model
 
 
 @dataclass
 class Run:
-    data: TensorData
+    data: BatchedData
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -48,13 +49,22 @@ class Run:
 def build(cfg: DictConfig) -> Run:
     """Everything a training run needs, from a composed config."""
     data, model = build_data_and_model(cfg)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    optimizer = build_optimizer(cfg, model)
     trainer = instantiate(cfg.trainer, callbacks=cfg.get("callbacks"), _convert_="object")
     scheduler, interval = build_scheduler(cfg, optimizer, trainer, data)
     return Run(data, model, optimizer, scheduler, interval, trainer)
 
 
-def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: TensorData) -> tuple[Any, str]:
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``conf/optimizer/*.yaml`` completed with the model's parameters. torch accepts
+    ``lr=0``, which trains nothing, so a non-positive learning rate is refused here, by its setting's name."""
+    lr = cfg.optimizer.get("lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+        raise ValueError(f"optimizer.lr must be a positive number, got {lr}; e.g. optimizer.lr=1e-3")
+    return instantiate(cfg.optimizer)(model.parameters())
+
+
+def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedData) -> tuple[Any, str]:
     """The learning-rate scheduler of ``conf/scheduler/*.yaml``, or None.
 
     Its YAML says ``interval: epoch`` or ``step``. Schedulers stepped per batch are given ``total_steps``,
@@ -92,17 +102,26 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Build the run from ``cfg``, fit it in ``run_dir`` and return its final metrics."""
-    cfg.paths.data_dir = to_absolute_path(cfg.paths.data_dir)  # so the saved config works from anywhere
+    # the files and folders a config names, made absolute so that the config saved in checkpoints works
+    # from any folder (dataset=csv's path, dataset=image_folder's root, model=torchvision's weights)
+    for node, key in (
+        (cfg.paths, "data_dir"),
+        (cfg.dataset, "path"),
+        (cfg.dataset, "root"),
+        (cfg.model, "weights"),
+    ):
+        if node.get(key):
+            node[key] = to_absolute_path(node[key])
     run = build(cfg)
     params = sum(p.numel() for p in run.model.parameters())
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.info(
-        "model %s (%s parameters), data %s: %d train / %d val / %d test, device %s",
+        "model %s (%s parameters, %s trainable), data %s: %d train / %d val / %d test, device %s",
         type(run.model).__name__,
         f"{params:,}",
+        f"{trainable:,}",
         type(run.data).__name__,
-        len(run.data.y_train),
-        len(run.data.y_val),
-        len(run.data.y_test),
+        *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None

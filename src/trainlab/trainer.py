@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Iterable
@@ -35,11 +36,12 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGTERM or SIGINT arrived: ``last.ckpt`` was written and the run stopped cleanly."""
+    """SIGTERM or SIGINT arrived: ``last.ckpt`` (at ``ckpt_path``) was written and the run stopped cleanly."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, ckpt_path: Path):
         super().__init__(message)
         self.exit_code = 128 + signum
+        self.ckpt_path = ckpt_path
 
 
 def pick_device(device: str) -> torch.device:
@@ -110,8 +112,8 @@ class Trainer:
         progress: bool = True,
         callbacks: dict[str, Callback] | None = None,
     ):
-        if max_epochs < 0:
-            raise ValueError(f"trainer.max_epochs must be >= 0, got {max_epochs}")
+        if not isinstance(max_epochs, int) or max_epochs < 0:
+            raise ValueError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
         if str(precision) not in ("32", "bf16", "16"):
@@ -127,6 +129,7 @@ class Trainer:
         self.show_progress = progress
         self.callbacks = dict(callbacks or {})
         if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
             torch.use_deterministic_algorithms(True, warn_only=True)
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -138,6 +141,8 @@ class Trainer:
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}  # the validation metrics of the best epoch
         self.should_stop = False
+        self.train_metrics = None  # the current epoch's, saved with a mid-epoch checkpoint
+        self._resumed_train_metrics: dict | None = None
         self._signal: int | None = None
         self._stepped = False  # whether the last batch ended with an optimizer step
 
@@ -183,7 +188,11 @@ class Trainer:
         self.writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
         previous_handlers = self._catch_signals()
         try:
+            for callback in self.callbacks.values():
+                callback.on_fit_start(self)
             while self.epoch < self.max_epochs and not self.should_stop:
+                if self._signal is not None:  # arrived during validation or checkpointing
+                    self._save_interrupted()
                 train_metrics = self._train_epoch()
                 val_metrics = self.evaluate("val")
                 epoch_metrics = {**train_metrics, **val_metrics}
@@ -192,9 +201,9 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self._log_scalars(epoch_metrics | {"epoch": self.epoch})
                 log.info("epoch %d/%d: %s", self.epoch, self.max_epochs, format_metrics(epoch_metrics))
-                self._checkpoint(epoch_metrics)
-                for callback in self.callbacks.values():
+                for callback in self.callbacks.values():  # before the checkpoint, which saves their state
                     callback.on_epoch_end(self, epoch_metrics)
+                self._checkpoint(epoch_metrics)
             results = self._test()
             results["wall_time_s"] = round(time.perf_counter() - start, 3)
             self._write_results(results, hparams or {})
@@ -206,7 +215,11 @@ class Trainer:
 
     def _train_epoch(self) -> dict[str, float]:
         self.model.train()
-        metrics = self.task.metrics("train").to(self.device)
+        metrics = self.train_metrics = self.task.metrics("train").to(self.device)
+        metrics.persistent(True)  # their state goes into a mid-epoch checkpoint
+        if self._resumed_train_metrics:  # the batches before a mid-epoch resume count too
+            metrics.load_state_dict(self._resumed_train_metrics)
+            self._resumed_train_metrics = None
         total = self._limit(self.data.num_batches("train"))
         batches = self.data.train_batches(self.epoch, start=self.batch_in_epoch)
         with Progress(f"epoch {self.epoch + 1}/{self.max_epochs}", total, self.show_progress) as bar:
@@ -216,11 +229,12 @@ class Trainer:
                 loss = self._train_step(x, y, metrics)
                 self.batch_in_epoch += 1
                 if self.global_step % self.log_every_n_steps == 0 and self._stepped:
-                    loss_value = self._check_finite(loss.detach())
+                    loss_value = self._check_finite(loss)
                     self._log_scalars({"train/loss_step": loss_value, "lr": lr})
                     bar.set_loss(loss_value)
                 bar.advance()
-                if self._signal is not None and self._stepped:
+                if self._signal is not None and self._stepped and self.batch_in_epoch < total:
+                    self._check_finite(loss)  # never replace the last good checkpoint with a diverged one
                     self._save_interrupted()
         return self._compute(metrics)
 
@@ -275,11 +289,13 @@ class Trainer:
         return values
 
     def _check_finite(self, loss: torch.Tensor | float) -> float:
-        value = float(loss)
+        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if not math.isfinite(value):
+            last = self.ckpt_dir / "last.ckpt"
+            kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written"
             raise TrainingError(
-                f"the training loss became {value} at epoch {self.epoch + 1}, step {self.global_step}; the "
-                "last good checkpoint is kept. Lower optimizer.lr, or set trainer.grad_clip"
+                f"the training loss became {value} at epoch {self.epoch + 1}, step {self.global_step}; {kept}. "
+                "Lower optimizer.lr, or set trainer.grad_clip"
             )
         return value
 
@@ -315,6 +331,11 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_metrics": self.best_metrics,
+            "train_metrics": (
+                self.train_metrics.state_dict()
+                if self.train_metrics is not None and self.batch_in_epoch
+                else self._resumed_train_metrics
+            ),
             "monitor": self.monitor,
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
             "data": self.data.state_dict(),
@@ -335,13 +356,7 @@ class Trainer:
 
     def _restore(self, ckpt_path: str | Path) -> None:
         state = checkpoint.load(ckpt_path, map_location=self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise checkpoint.CheckpointError(
-                f"{ckpt_path} holds weights for a different model than this config builds "
-                f"({str(error).splitlines()[0]}); use the same model settings as the run that wrote it"
-            ) from None
+        checkpoint.load_weights(self.model, state, ckpt_path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -350,11 +365,30 @@ class Trainer:
         self.global_step = state["global_step"]
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.best_metrics = state["best_metrics"]
+        self._resumed_train_metrics = state["train_metrics"]
+        self._carry_best_checkpoint(Path(ckpt_path).with_name("best.ckpt"))
         for name, callback in self.callbacks.items():
             if name in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][name])
         checkpoint.set_rng_states(state["rng"])
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, self.epoch, self.global_step)
+
+    def _carry_best_checkpoint(self, previous_best: Path) -> None:
+        """Copy the resumed run's ``best.ckpt`` into this run, so that the test uses the best epoch even if
+        it came before the resume."""
+        best = self.ckpt_dir / "best.ckpt"
+        if not self.best_epoch or previous_best.resolve() == best.resolve():
+            return
+        state = checkpoint.load(previous_best) if previous_best.is_file() else {}
+        if state.get("epoch") != self.best_epoch:
+            log.warning(
+                "%s is missing or not from the best epoch (%d): the test will use the best checkpoint "
+                "written after resuming, or the final weights",
+                previous_best,
+                self.best_epoch,
+            )
+            return
+        checkpoint.save(state, best)
 
     # -- preemption ----------------------------------------------------------------------------------
     def _catch_signals(self) -> dict:
@@ -382,9 +416,9 @@ class Trainer:
         checkpoint.save(self.state_dict(), path)
         name = signal.Signals(self._signal).name
         raise Interrupted(
-            f"stopped by {name} at epoch {self.epoch + 1}, step {self.global_step}; saved {path}. "
-            f"Resume with: python train.py <same overrides> ckpt_path={path}",
+            f"stopped by {name} at epoch {self.epoch + 1}, step {self.global_step}; saved {path}",
             self._signal,
+            path,
         )
 
     # -- the end -------------------------------------------------------------------------------------
@@ -394,6 +428,8 @@ class Trainer:
             self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
         test_metrics = self.evaluate("test")
         self._log_scalars(test_metrics)
+        for callback in self.callbacks.values():
+            callback.on_test_end(self)
         return {
             **test_metrics,
             **self.best_metrics,

@@ -1,0 +1,201 @@
+"""A folder of images, one sub-folder per class (torchvision's ImageFolder layout), as a data set
+(``dataset=image_folder``).
+
+Such folders may not fit in memory, so images are decoded by a ``DataLoader`` batch by batch (worker
+processes, pinned memory) and normalised and augmented on the device. The training order is still the
+seeded permutation of ``BatchedData.epoch_order``, handed to the loader through a sampler, so a resumed run
+sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from hydra.utils import to_absolute_path
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from trainlab.dataloader import Batch, BatchedData, DataError, _split, image_files
+from trainlab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class _EpochOrder(Sampler[int]):
+    """The positions of the current epoch, set before each pass; one sampler per loader, so that the
+    loader's persistent workers survive from epoch to epoch."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class ImageFolderData(BatchedData):
+    """``root/<class>/<image>``, or ``root/train/<class>/...`` with optional ``val/`` and ``test/`` beside it.
+
+    A split without its own folder is a seeded fraction: ``test_fraction`` of the training images, then
+    ``val_fraction`` of the rest.
+
+    Args:
+        root: the folder.
+        image_size: every image is resized to this (an int for square images, or [height, width]).
+        channels: 3 (RGB) or 1 (grayscale).
+        normalize: standardise with ``mean`` and ``std`` (per channel; ImageNet's by default, which is what
+            pretrained torchvision weights expect).
+        num_workers, pin_memory, persistent_workers: the ``DataLoader``'s, for decoding in parallel.
+    """
+
+    def __init__(
+        self,
+        root: str | None,
+        image_size: int | Sequence[int] = 64,
+        channels: int = 3,
+        normalize: bool = True,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        augment=None,
+    ):
+        from torchvision.transforms import v2
+
+        super().__init__(batch_size, seed, augment)
+        if root is None:
+            raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
+        if channels not in (1, 3):
+            raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.input_shape = (channels, height, width)
+        gray = [v2.Grayscale()] if channels == 1 else []  # the images are read as RGB
+        self.image_transform = v2.Compose(
+            [v2.Resize((height, width)), *gray, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        )
+        self.mean, self.std = (
+            (self._channel_stat(mean, "mean"), self._channel_stat(std, "std"))
+            if normalize
+            else (torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1))
+        )
+        self.root = Path(to_absolute_path(root))
+        self.subsets = self._find_splits(val_fraction, test_fraction)
+        self.task = Task("multiclass", num_classes=len(self.classes))
+        self.loader_settings = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+        }
+        self._loaders: dict[str, tuple[DataLoader, _EpochOrder | None]] = {}
+
+    def _channel_stat(self, values: Sequence[float], name: str) -> torch.Tensor:
+        if len(values) != self.input_shape[0]:
+            raise DataError(f"dataset.{name} has {len(values)} values for {self.input_shape[0]}-channel images")
+        return torch.tensor(list(values), dtype=torch.float32).view(-1, 1, 1)
+
+    # -- the splits ----------------------------------------------------------------------------------
+    def _read_folder(self, folder: Path):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            return ImageFolder(str(folder), transform=self.image_transform)
+        except (FileNotFoundError, OSError) as error:
+            raise DataError(
+                f"{folder}: {error}; expected one sub-folder of images per class (root/<class>/<image>), "
+                "optionally under root/train, root/val, root/test"
+            ) from None
+
+    def _find_splits(self, val_fraction: float, test_fraction: float) -> dict[str, Dataset]:
+        if not self.root.is_dir():
+            raise DataError(f"dataset.root={self.root} is not a folder; point it at your image folder")
+        nested = (self.root / "train").is_dir()
+        folders = {split: self.root / split for split in SPLITS if (self.root / split).is_dir()} if nested else {}
+        train = self._read_folder(folders.get("train", self.root))
+        self.classes = list(train.classes)
+        if len(self.classes) < 2:
+            raise DataError(f"{train.root} has {len(self.classes)} class folder; classification needs at least 2")
+        generator = torch.Generator().manual_seed(self.seed)
+        kept, targets = torch.arange(len(train)), torch.tensor(train.targets)
+        subsets: dict[str, Dataset] = {}
+        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+            if split in folders:
+                subsets[split] = self._read_folder(folders[split])
+                if subsets[split].classes != self.classes:
+                    raise DataError(
+                        f"{folders[split]} has the classes {subsets[split].classes}, but the training images "
+                        f"have {self.classes}; give every split the same class folders"
+                    )
+            else:
+                kept, targets, held, _ = _split(kept, targets, fraction, generator)
+                subsets[split] = Subset(train, held.tolist())
+        subsets["train"] = Subset(train, kept.tolist())
+        return subsets
+
+    def num_samples(self, split: str) -> int:
+        return len(self.subsets[split])
+
+    # -- batching ------------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> ImageFolderData:
+        self.device = torch.device(device)
+        return self
+
+    def _loader(self, split: str) -> tuple[DataLoader, _EpochOrder | None]:
+        """One DataLoader per split, made on first use (predicting on files never starts workers)."""
+        if split not in self._loaders:
+            sampler = _EpochOrder() if split == "train" else None
+            settings = dict(
+                self.loader_settings, pin_memory=self.loader_settings["pin_memory"] and self.device.type == "cuda"
+            )
+            loader = DataLoader(
+                self.subsets[split],
+                batch_size=self.batch_size,
+                sampler=sampler,
+                generator=torch.Generator(),  # so iterating never draws from the global RNG
+                **settings,
+            )
+            self._loaders[split] = (loader, sampler)
+        return self._loaders[split]
+
+    def _on_device(self, batches: DataLoader) -> Iterator[Batch]:
+        for x, y in batches:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        loader, sampler = self._loader("train")
+        sampler.order = self.epoch_order(epoch)[start * self.batch_size :].tolist()
+        for batch, (x, y) in enumerate(self._on_device(loader), start):
+            yield self.transform(self._augment(x, epoch, batch)), y
+
+    def batches(self, split: str) -> Iterator[Batch]:
+        for x, y in self._on_device(self._loader(split)[0]):
+            yield self.transform(x), y
+
+    # -- inputs for predict --------------------------------------------------------------------------
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        """An image, a folder of images, or a folder of class folders (then the labels come along)."""
+        from torchvision.datasets.folder import default_loader
+
+        if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+            folder = self._read_folder(path)
+            unknown = sorted(set(folder.classes) - set(self.classes))
+            if unknown:
+                raise DataError(
+                    f"{path}: class folders {unknown} are not among the training classes {self.classes}"
+                )
+            labels = torch.tensor([self.classes.index(folder.classes[t]) for t in folder.targets])
+            images = torch.stack([folder[i][0] for i in range(len(folder))])
+            return [p for p, _ in folder.samples], images, labels
+        files = image_files(path)
+        images = torch.stack([self.image_transform(default_loader(str(f))) for f in files])
+        return [str(f) for f in files], images, None

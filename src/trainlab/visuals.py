@@ -1,0 +1,193 @@
+"""Pictures of a run for TensorBoard's Images and PR Curves tabs, because people would rather look than read.
+
+At the start, a grid of the first training batch as the model sees it (augmented), in image units. At test
+time, the confusion matrix, the test images the model got most confidently wrong with their true and
+predicted labels, and one precision-recall curve per class; for regression, predicted against true values.
+Drawn with PIL (no plotting library needed); ``predict.py`` saves the same confusion matrix as a PNG.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import make_grid
+
+from trainlab.callbacks import Callback
+
+if TYPE_CHECKING:
+    from trainlab.trainer import Trainer
+
+FONT = ImageFont.load_default(size=11)
+INK, GRID = (40, 40, 40), (200, 200, 200)
+
+
+def _text_width(text: str) -> int:
+    return int(FONT.getlength(text))
+
+
+def labelled_grid(images: torch.Tensor, captions: Sequence[str], columns: int = 8) -> Image.Image:
+    """Images (N, C, H, W) in [0, 1], enlarged to at least 64 pixels, each over its caption."""
+    scale = max(1, -(-64 // images.shape[-1]))
+    tiles = []
+    for image, caption in zip(images.float().clamp(0, 1).cpu(), captions, strict=True):
+        picture = to_pil_image(image.expand(3, -1, -1)).resize(
+            (image.shape[-1] * scale, image.shape[-2] * scale), Image.Resampling.NEAREST
+        )
+        width = max(picture.width, max((_text_width(line) for line in caption.splitlines()), default=0) + 4)
+        tile = Image.new("RGB", (width, picture.height + 14 * len(caption.splitlines())), "white")
+        tile.paste(picture, ((width - picture.width) // 2, 0))
+        ImageDraw.Draw(tile).multiline_text((2, picture.height), caption, fill=INK, font=FONT, spacing=2)
+        tiles.append(tile)
+    width, height = max(t.width for t in tiles), max(t.height for t in tiles)
+    tensors = [pil_to_tensor(_padded(t, width, height)) for t in tiles]
+    return to_pil_image(make_grid(tensors, nrow=columns, padding=4, pad_value=255))
+
+
+def _padded(tile: Image.Image, width: int, height: int) -> Image.Image:
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(tile, (0, 0))
+    return canvas
+
+
+def confusion_matrix_image(
+    predictions: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
+) -> Image.Image:
+    """Rows: true classes, columns: predicted; cells shaded by the row's share (recall), counts written."""
+    k = len(classes)
+    matrix = multiclass_confusion_matrix(predictions.cpu(), targets.cpu(), k)
+    cell = max(14, min(44, 600 // k))
+    names = [f"{i}: {name[:14]}" for i, name in enumerate(classes)]
+    left, top = max(_text_width(n) for n in names) + 10, 34
+    image = Image.new("RGB", (left + k * cell + 10, top + k * cell + 24), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 2), "predicted class ->", fill=INK, font=FONT)
+    draw.text((2, top - 14), "true class", fill=INK, font=FONT)
+    shares = matrix.float() / matrix.sum(1, keepdim=True).clamp_min(1)
+    for i in range(k):
+        draw.text((2, top + i * cell + (cell - 11) // 2), names[i], fill=INK, font=FONT)
+        draw.text((left + i * cell + 2, top - 14), str(i), fill=INK, font=FONT)
+        for j in range(k):
+            share = float(shares[i, j])
+            colour = tuple(int(255 - share * (255 - c)) for c in (31, 78, 160))  # white to dark blue
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell)
+            draw.rectangle(box, fill=colour, outline=GRID)
+            if cell >= 24:
+                count = str(int(matrix[i, j]))
+                draw.text(
+                    (box[0] + (cell - _text_width(count)) // 2, box[1] + (cell - 11) // 2),
+                    count,
+                    fill="white" if share > 0.5 else INK,
+                    font=FONT,
+                )
+    accuracy = float(matrix.diagonal().sum() / matrix.sum().clamp_min(1))
+    draw.text((left, top + k * cell + 6), f"accuracy {accuracy:.4f} on {int(matrix.sum())}", fill=INK, font=FONT)
+    return image
+
+
+def scatter_image(true: torch.Tensor, predicted: torch.Tensor, size: int = 360) -> Image.Image:
+    """Predicted against true values, with the diagonal where they would agree."""
+    margin = 48
+    low = float(torch.minimum(true.min(), predicted.min()))
+    high = float(torch.maximum(true.max(), predicted.max()))
+    span = (high - low) or 1.0
+    image = Image.new("RGB", (size + margin + 10, size + margin + 10), "white")
+    draw = ImageDraw.Draw(image)
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        return margin + (x - low) / span * size, 10 + size - (y - low) / span * size
+
+    draw.rectangle((margin, 10, margin + size, 10 + size), outline=GRID)
+    draw.line((*point(low, low), *point(high, high)), fill=GRID, width=2)
+    for x, y in zip(true.tolist(), predicted.tolist(), strict=True):
+        cx, cy = point(x, y)
+        draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(31, 78, 160))
+    draw.text((margin, size + 14), f"{low:.3g}", fill=INK, font=FONT)
+    draw.text((margin + size - _text_width(f"{high:.3g}"), size + 14), f"{high:.3g}", fill=INK, font=FONT)
+    draw.text((margin + size // 2 - 12, size + 28), "true", fill=INK, font=FONT)
+    draw.text((2, 10), f"{high:.3g}", fill=INK, font=FONT)
+    draw.text((2, size), f"{low:.3g}", fill=INK, font=FONT)
+    draw.text((2, 10 + size // 2), "predicted", fill=INK, font=FONT)
+    return image
+
+
+class TensorBoardPictures(Callback):
+    """Logs the pictures described in this module's docstring.
+
+    Args:
+        num_images: images in the training grid and in the grid of misclassified test images.
+    """
+
+    def __init__(self, num_images: int = 32):
+        self.num_images = num_images
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        data = trainer.data
+        if trainer.global_step or len(data.input_shape) != 3:  # resumed (logged already), or not images
+            return
+        x, y = next(iter(data.train_batches(0)))
+        x, y = data.untransform(x[: self.num_images]), y[: self.num_images]
+        trainer.writer.add_image("inputs/train", pil_to_tensor(labelled_grid(x, self._names(data, y))), 0)
+
+    def on_test_end(self, trainer: Trainer) -> None:
+        data, task, writer, step = trainer.data, trainer.task, trainer.writer, trainer.global_step
+        outputs, targets, worst = self._test_outputs(trainer)
+        if outputs is None:
+            return
+        if not task.is_classification:
+            picture = scatter_image(targets.float(), task.predict(outputs))
+            writer.add_image("test/predicted_vs_true", pil_to_tensor(picture), step)
+            return
+        classes = data.class_names
+        picture = confusion_matrix_image(task.predict(outputs), targets, classes)
+        writer.add_image("test/confusion_matrix", pil_to_tensor(picture), step)
+        probabilities = task.probabilities(outputs)
+        for index, name in enumerate(classes):
+            tag = "test/pr_curve/" + re.sub(r"[^\w.-]+", "_", name)
+            writer.add_pr_curve(tag, targets == index, probabilities[:, index], step)
+        if worst is not None and len(worst[0]):
+            images, true, predicted, _ = worst
+            names = zip(self._names(data, true), self._names(data, predicted), strict=True)
+            captions = [f"true {t}\npred {p}" for t, p in names]
+            writer.add_image("test/misclassified", pil_to_tensor(labelled_grid(images, captions)), step)
+
+    @staticmethod
+    def _names(data, labels: torch.Tensor) -> list[str]:
+        return [data.class_names[i] for i in labels.tolist()]
+
+    @torch.no_grad()
+    def _test_outputs(self, trainer: Trainer):
+        """The model's outputs on the test split (as the trainer evaluates it, ``limit_batches`` included),
+        and, for image classifiers, the ``num_images`` misclassified images with the lowest probability of
+        their true class: (images, true, predicted, probability)."""
+        data, task, model = trainer.data, trainer.task, trainer.model
+        model.eval()
+        limit = trainer.limit_batches or data.num_batches("test")
+        images = task.is_classification and len(data.input_shape) == 3
+        outputs, targets, worst = [], [], None
+        for batch, (x, y) in enumerate(data.batches("test")):
+            if batch >= limit:
+                break
+            with trainer.autocast():
+                out = model(x).float()
+            outputs.append(out.cpu())
+            targets.append(y.cpu())
+            if images:
+                worst = self._keep_worst(worst, data.untransform(x).cpu(), y.cpu(), out.cpu(), task)
+        if not outputs:
+            return None, None, None
+        return torch.cat(outputs), torch.cat(targets), worst
+
+    def _keep_worst(self, worst, x, y, outputs, task):
+        predicted = task.predict(outputs)
+        wrong = predicted != y
+        p_true = task.probabilities(outputs).gather(1, y.view(-1, 1)).squeeze(1)
+        batch = (x[wrong], y[wrong], predicted[wrong], p_true[wrong])
+        merged = batch if worst is None else tuple(torch.cat(pair) for pair in zip(worst, batch, strict=True))
+        keep = merged[3].argsort()[: self.num_images]
+        return tuple(part[keep] for part in merged)

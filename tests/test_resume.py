@@ -1,0 +1,165 @@
+"""Exact resume: a run stopped after k epochs (or in the middle of one) and continued with ``ckpt_path=``
+ends with the same bits as a run that was never stopped, and logs to TensorBoard as its continuation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_main, make_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainlab import checkpoint
+from trainlab.dataloader import TensorData
+from trainlab.run import train
+from trainlab.trainer import Interrupted
+
+# Dropout draws from the RNG and the scheduler has state: both must be restored for the bits to match. The
+# learning rate grows 8x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
+# must still test the best weights, which it did not compute itself.
+RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=8")
+QUIET = "trainer.progress=false"
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """``a`` and ``b`` are equal nested containers whose tensors are bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def final_state(run_dir: Path, name: str = "last.ckpt") -> dict:
+    state = checkpoint.load(run_dir / "checkpoints" / name)
+    return {key: state[key] for key in ("model", "optimizer", "scheduler", "scaler", "rng", "global_step")}
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar the run logged, read back with TensorBoard's own reader: tag -> [(step, value)]."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def metrics(run_dir: Path) -> dict:
+    values = json.loads((run_dir / "metrics.json").read_text())
+    values.pop("wall_time_s")
+    return values
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """4 epochs straight; 2 epochs, then resumed to 4; and the 4 epochs once more."""
+    root = tmp_path_factory.mktemp("resume")
+    dirs = {name: root / name for name in ("straight", "first_half", "resumed", "again")}
+    train(make_config(*RUN, "trainer.max_epochs=4"), dirs["straight"])
+    train(make_config(*RUN, "trainer.max_epochs=2"), dirs["first_half"])
+    last = dirs["first_half"] / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    train(make_config(*RUN, "trainer.max_epochs=4", f"ckpt_path={last}"), dirs["resumed"])
+    assert last.read_bytes() == before, "resuming must not touch the run it continues"
+    train(make_config(*RUN, "trainer.max_epochs=4"), dirs["again"])
+    return dirs
+
+
+def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(runs):
+    assert_same_tensors(final_state(runs["straight"]), final_state(runs["resumed"]))
+    assert_same_tensors(final_state(runs["straight"], "best.ckpt"), final_state(runs["resumed"], "best.ckpt"))
+    assert metrics(runs["resumed"]) == metrics(runs["straight"])
+    assert metrics(runs["straight"])["best_epoch"] == 2, "the scenario needs the best epoch before the resume"
+    assert metrics(runs["resumed"])["test/acc"] > 0.8
+
+
+def test_two_runs_with_the_same_seed_are_bitwise_identical(runs):
+    assert_same_tensors(final_state(runs["straight"]), final_state(runs["again"]))
+    assert metrics(runs["again"]) == metrics(runs["straight"])
+
+
+def test_resumed_run_logs_to_tensorboard_as_a_continuation(runs):
+    straight, first, resumed = (scalars(runs[name]) for name in ("straight", "first_half", "resumed"))
+    resume_step = checkpoint.load(runs["first_half"] / "checkpoints" / "last.ckpt")["global_step"]
+    assert resume_step > 0
+    for tag, points in resumed.items():
+        assert min(step for step, _ in points) > resume_step, f"{tag} restarted its steps"
+        if tag.startswith("test/"):  # each run tests once, at its end
+            assert points == straight[tag]
+        else:
+            assert first.get(tag, []) + points == straight[tag], tag
+    assert [value for _, value in resumed["epoch"]] == [3, 4]
+
+
+def signal_at(epoch: int, batch: int, signum: int):
+    """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
+    (negative: from the end) of ``epoch``: a signal arriving at a known moment."""
+    original = TensorData.train_batches
+
+    def train_batches(data: TensorData, this_epoch: int, start: int = 0):
+        for i, batch_ in enumerate(original(data, this_epoch, start), start):
+            if (this_epoch, i) == (epoch, batch % data.num_batches("train")):
+                os.kill(os.getpid(), signum)
+            yield batch_
+
+    return train_batches
+
+
+@pytest.mark.parametrize(
+    ("signum", "signal_batch", "saved_at"),
+    [(signal.SIGTERM, 5, (1, 6)), (signal.SIGTERM, -1, (2, 0)), (signal.SIGINT, 5, (1, 6))],
+    ids=["SIGTERM-mid-epoch", "SIGTERM-last-batch-of-epoch", "SIGINT-mid-epoch"],
+)
+def test_signal_during_an_epoch_then_resume_continues_the_same_data_order(
+    runs, train_run, monkeypatch, signum, signal_batch, saved_at
+):
+    """A signal arrives while epoch 2 trains on batch ``signal_batch``: the step finishes, last.ckpt is written
+    (mid-epoch, or at the epoch's end when it was its last batch) and resuming finishes the same run."""
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=1, batch=signal_batch, signum=signum))
+    with pytest.raises(Interrupted) as interrupted:
+        train_run(*RUN, "trainer.max_epochs=4")
+    monkeypatch.undo()
+    assert interrupted.value.exit_code == 128 + signum
+    state = checkpoint.load(interrupted.value.ckpt_path)
+    assert (state["epoch"], state["batch_in_epoch"]) == saved_at
+
+    run_dir, _ = train_run(*RUN, "trainer.max_epochs=4", f"ckpt_path={interrupted.value.ckpt_path}")
+    assert_same_tensors(final_state(runs["straight"]), final_state(run_dir))
+    assert metrics(run_dir) == metrics(runs["straight"])
+    # what the resumed run logs, the interrupted epoch's train/loss included, is the straight run's tail
+    straight = scalars(runs["straight"])
+    for tag, points in scalars(run_dir).items():
+        assert points == straight[tag][-len(points) :], tag
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(train_run):
+    """min_delta larger than any change: only epoch 1 improves, so patience=2 stops after epoch 3."""
+    stopping = ("callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=1e9")
+    _, result = train_run(*stopping, "trainer.max_epochs=10")
+    assert result["epochs"] == 3
+
+    # stopped after 2 epochs and resumed: the early-stopping state travels in the checkpoint
+    first_dir, _ = train_run(*stopping, "trainer.max_epochs=2")
+    _, resumed = train_run(*stopping, "trainer.max_epochs=10", f"ckpt_path={first_dir}/checkpoints/last.ckpt")
+    assert resumed["epochs"] == 3
+
+
+def test_signal_stops_a_whole_sweep(tmp_path, monkeypatch):
+    """SIGTERM during the first job of a multirun: that job saves and the sweep exits, starting no other."""
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=0, batch=3, signum=signal.SIGTERM))
+    code, _ = cli_main(
+        "train.py", "-m", "optimizer.lr=0.001,0.002", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path}", QUIET
+    )
+    assert code == 128 + signal.SIGTERM
+    (first_job,) = tmp_path.glob("0_*")  # job dirs are <num>_<overrides>
+    assert checkpoint.load(first_job / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4
+    assert not list(tmp_path.glob("1_*"))

@@ -1,0 +1,285 @@
+"""Users' own data: a CSV file and a folder of images, through training, predict and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config
+from hydra.utils import instantiate
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainlab.cli import run_job
+from trainlab.csv_table import infer_task
+from trainlab.predict import load_trained, predict
+from trainlab.run import train
+
+FAST = ("trainer.progress=false", "trainer.num_threads=1")
+
+
+def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """Numeric ``age`` (10% missing), numeric ``income`` (unique, 20 + 0.2 k), text ``colour`` (8% missing)
+    and a ``label`` (yes/no) that depends on income and colour."""
+    rng = np.random.default_rng(seed)
+    income = 20 + 0.2 * rng.permutation(n)
+    age = rng.normal(40, 12, n).round(1)
+    colour = rng.choice(["red", "green", "blue"], n)
+    shift = {"red": 2.0, "green": 0.0, "blue": -2.0}
+    label = [0.2 * (i - 50) + shift[c] + rng.normal(0, 0.5) > 0 for i, c in zip(income, colour, strict=True)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["age", "income", "colour", "label"])
+        for i in range(n):
+            writer.writerow(
+                [
+                    "" if rng.random() < 0.1 else age[i],
+                    f"{income[i]:.1f}",
+                    "NA" if rng.random() < 0.08 else colour[i],
+                    "yes" if label[i] else "no",
+                ]
+            )
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def row_numbers(rows: list[dict[str, str]], incomes: torch.Tensor) -> list[int]:
+    """The CSV row of each (unique) income value."""
+    row_of = {round(float(r["income"]) * 5): i for i, r in enumerate(rows)}
+    return [row_of[round(float(v) * 5)] for v in incomes]
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("csv")
+    data_file = write_csv(folder / "people.csv")
+    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.missing=impute"]
+    metrics = train(make_config(*FAST, *overrides, "trainer.max_epochs=8"), folder / "run")
+    return data_file, folder / "run", metrics
+
+
+def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_path):
+    data_file, run_dir, metrics = csv_run
+    assert metrics["test/acc"] >= 0.85
+    _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
+    assert data.task.kind == "binary" and data.classes == ["no", "yes"]
+    assert data.categories == {"age": None, "income": None, "colour": ["blue", "green", "red"]}
+
+    # the training rows, found by their unique income, give the statistics the checkpoint must hold
+    rows = read_rows(data_file)
+    train_rows = [rows[i] for i in row_numbers(rows, data.untransform(data.x_train)[:, 1])]
+    ages = np.array([float(r["age"]) if r["age"] else np.nan for r in train_rows])
+    age_mean = np.nanmean(ages)
+    age_std = np.std(np.where(np.isnan(ages), age_mean, ages), ddof=1)  # imputed with the mean, then scaled
+    assert data.mean[0].item() == pytest.approx(age_mean, rel=1e-5)
+    assert data.std[0].item() == pytest.approx(age_std, rel=1e-5)
+    all_ages = [float(r["age"]) for r in rows if r["age"]]
+    assert abs(np.mean(all_ages) - age_mean) > 1e-3  # the val and test rows took no part
+    assert data.mean[2:].tolist() == [0, 0, 0] and data.std[2:].tolist() == [1, 1, 1]  # one-hot stays 0/1
+
+    new_rows = tmp_path / "new_rows.csv"
+    new_rows.write_text("colour,age,income,label\nred,30,40.0,yes\nblue,,70.0,no\npurple,55.5,50.0,no\n")
+    output = tmp_path / "predictions.csv"
+    predict(
+        make_config(
+            f"ckpt={run_dir}/checkpoints/best.ckpt", f"input={new_rows}", f"output={output}", config_name="predict"
+        )
+    )
+    mean, std = data.mean.squeeze(), data.std.squeeze()
+    expected_inputs = torch.tensor(
+        [
+            [(30 - mean[0]) / std[0], (40 - mean[1]) / std[1], 0, 0, 1],  # red
+            [0.0, (70 - mean[1]) / std[1], 1, 0, 0],  # age missing: the training mean; blue
+            [(55.5 - mean[0]) / std[0], (50 - mean[1]) / std[1], 0, 0, 0],  # unknown colour: no category
+        ]
+    )
+    with torch.no_grad():
+        expected = torch.sigmoid(model(expected_inputs)).squeeze(1)
+    written = [float(r["prob_yes"]) for r in read_rows(output)]
+    assert written == pytest.approx(expected.tolist(), abs=1e-5)
+    assert Image.open(tmp_path / "predictions_confusion_matrix.png").size[0] > 50
+
+
+def test_predict_reproduces_the_training_time_predictions(csv_run, tmp_path):
+    data_file, run_dir, _ = csv_run
+    _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
+    with torch.no_grad():
+        at_training = data.task.probabilities(model(data.x_test))[:, 1]
+    output = tmp_path / "all.csv"
+    predict(
+        make_config(
+            f"ckpt={run_dir}/checkpoints/best.ckpt",
+            f"input={data_file}",
+            f"output={output}",
+            config_name="predict",
+        )
+    )
+    predicted = read_rows(output)
+    test_rows = row_numbers(read_rows(data_file), data.untransform(data.x_test)[:, 1])
+    assert [float(predicted[i]["prob_yes"]) for i in test_rows] == pytest.approx(at_training.tolist(), abs=1e-5)
+
+
+def test_csv_missing_values_dropped_and_counted(tmp_path, caplog):
+    data_file = write_csv(tmp_path / "people.csv")
+    rows = read_rows(data_file)
+    complete = sum(r["age"] != "" and r["colour"] != "NA" for r in rows)
+    cfg = make_config("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
+    with caplog.at_level(logging.INFO):
+        data = instantiate(cfg.dataset)
+    assert sum(data.num_samples(split) for split in ("train", "val", "test")) == complete
+    assert f"dropped {len(rows) - complete} of {len(rows)} rows with missing values" in caplog.text
+    assert not data.x_train.isnan().any()
+
+
+def test_csv_without_its_target_column_is_a_one_line_error(tmp_path, capsys):
+    data_file = write_csv(tmp_path / "people.csv", n=20)
+    cfg = make_config("dataset=csv", f"dataset.path={data_file}", "dataset.target=Outcome")
+    with pytest.raises(SystemExit) as exit_:
+        run_job(lambda: train(cfg, tmp_path / "run"))  # what train.py does with errors
+    assert exit_.value.code == 1
+    (message,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        message.startswith("error: ")
+        and "dataset.target=Outcome" in message
+        and "age, income, colour, label" in message
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["yes", "no", "no"], "binary"),
+        (["0", "1", "1.0"], "binary"),
+        (["1", "2", "3"], "multiclass"),
+        (["a", "b", "c", "a"], "multiclass"),
+        (["0.5", "1.25", "3"], "regression"),
+        ([str(i) for i in range(50)], "regression"),
+    ],
+)
+def test_task_inferred_from_the_target(values, task):
+    assert infer_task(values, max_classes=10) == task
+
+
+# -- image folders --------------------------------------------------------------------------------------
+CLASSES = ("diagonal", "horizontal", "vertical")
+
+
+def write_images(root: Path, per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """Striped PNGs in one folder per stripe direction, random colours, period, phase and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for name in CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        coordinate = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}[name]
+        for i in range(per_class):
+            stripes = np.sin(2 * np.pi * coordinate / rng.uniform(4, 7) + rng.uniform(0, 6.3)) > 0
+            image = np.where(stripes[..., None], rng.uniform(0, 255, 3), rng.uniform(0, 255, 3))
+            image += rng.normal(0, 15, (size, size, 3))
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    write_images(root / "train", per_class=40, seed=1)
+    write_images(root / "test", per_class=10, seed=2)
+    overrides = [
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "dataset.image_size=16",
+        "dataset.batch_size=16",
+        "dataset.num_workers=1",
+        "model=cnn",
+        "augment=standard",
+        "augment.ops.crop.padding=2",
+        "trainer.max_epochs=10",
+    ]
+    run_dir = root.parent / f"{root.name}_run"
+    return root, run_dir, train(make_config(*FAST, *overrides), run_dir)
+
+
+def test_image_folder_trains_and_predicts_its_test_folder(image_run, tmp_path):
+    root, run_dir, metrics = image_run
+    assert metrics["test/acc"] >= 0.8
+    output = tmp_path / "predictions.csv"
+    cfg = make_config(
+        f"ckpt={run_dir}/checkpoints/best.ckpt", f"input={root}/test", f"output={output}", config_name="predict"
+    )
+    predicted = predict(cfg)
+    assert predicted["input/acc"] == pytest.approx(metrics["test/acc"])  # root/test is the test split
+    rows = read_rows(output)
+    assert len(rows) == 30 and {r["label"] for r in rows} <= set(CLASSES)
+    assert (tmp_path / "predictions_confusion_matrix.png").is_file()
+
+    single = tmp_path / "one.csv"
+    predict(
+        make_config(
+            f"ckpt={run_dir}/checkpoints/best.ckpt",
+            f"input={root}/test/vertical/0.png",
+            f"output={single}",
+            config_name="predict",
+        )
+    )
+    assert len(read_rows(single)) == 1
+
+
+def test_image_folder_splits_and_resumable_order(tmp_path):
+    root = write_images(tmp_path / "flat", per_class=10)
+    cfg = make_config(
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "dataset.image_size=16",
+        "dataset.batch_size=4",
+        "dataset.num_workers=0",
+    )
+    data = instantiate(cfg.dataset, augment=instantiate(make_config("augment=strong").augment, _convert_="object"))
+    assert [data.num_samples(s) for s in ("train", "val", "test")] == [
+        22,
+        2,
+        6,
+    ]  # 30: 20% test, 10% of the rest val
+    assert data.classes == list(CLASSES) and data.input_shape == (3, 16, 16)
+    whole_epoch = list(data.train_batches(epoch=1))
+    resumed = list(data.train_batches(epoch=1, start=2))
+    assert len(resumed) == len(whole_epoch) - 2
+    for (x, y), (x_resumed, y_resumed) in zip(whole_epoch[2:], resumed, strict=True):
+        assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)
+
+
+def test_tensorboard_pictures_of_an_image_classifier(image_run):
+    _, run_dir, _ = image_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert {"inputs/train", "test/confusion_matrix", "test/misclassified"} <= set(events.Tags()["images"])
+    assert {f"test/pr_curve/{c}" for c in CLASSES} <= set(events.Tags()["tensors"])
+    grid = events.Images("inputs/train")[0]
+    assert grid.width >= 8 * 64  # 8 columns of images enlarged to 64 pixels
+    for tag in ("inputs/train", "test/confusion_matrix"):
+        assert Image.open(BytesIO(events.Images(tag)[-1].encoded_image_string)).mode == "RGB"
+
+
+def test_tensorboard_scatter_for_regression(tmp_path):
+    data_file = tmp_path / "values.csv"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 2))
+    data_file.write_text("a,b,y\n" + "".join(f"{a:.4f},{b:.4f},{2 * a - b:.4f}\n" for a, b in x))
+    run_dir = tmp_path / "run"
+    train(
+        make_config(*FAST, "dataset=csv", f"dataset.path={data_file}", "dataset.target=y", "trainer.max_epochs=2"),
+        run_dir,
+    )
+    assert json.loads((run_dir / "metrics.json").read_text())["test/mse"] >= 0
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["test/predicted_vs_true"]  # tables get no input grid
