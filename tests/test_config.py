@@ -1,15 +1,20 @@
 """Every option of every config group composes with hydra.compose and instantiates into the objects it names;
 sizes and schedule lengths are inferred, never typed twice."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+import sklearn.datasets
 import torch
 from conftest import CONF, make_config
 from hydra.utils import get_class
 from omegaconf import DictConfig
+from PIL import Image
 
 from trainlab.run import Run, build
 
-GROUPS = ["model", "dataset", "optimizer", "scheduler", "trainer", "callbacks", "experiment", "debug"]
+GROUPS = ["model", "dataset", "augment", "optimizer", "scheduler", "trainer", "callbacks", "experiment", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 # What the foundation issue promises; a missing YAML file fails here rather than in a user's hands.
@@ -44,7 +49,7 @@ def assert_run_matches_config(run: Run, cfg: DictConfig) -> None:
     """Each object is the class its config names, configured as it says, and the model fits the data."""
     assert isinstance(run.model, get_class(cfg.model._target_))
     assert isinstance(run.data, get_class(cfg.dataset._target_))
-    if "task" in cfg.dataset:
+    if cfg.dataset.get("task"):
         assert run.data.task.kind == cfg.dataset.task
     assert isinstance(run.optimizer, get_class(cfg.optimizer._target_))
     assert run.optimizer.defaults["lr"] == cfg.optimizer.lr  # (a scheduler may have moved the current lr)
@@ -64,9 +69,31 @@ def assert_run_matches_config(run: Run, cfg: DictConfig) -> None:
         assert run.model(x[:4]).shape == (4, run.data.num_outputs)
 
 
+def own_data(option: str, folder: Path) -> list[str]:
+    """The settings that the options for a user's own data require, pointing at small files written here."""
+    if option == "csv":
+        table = folder / "flowers.csv"
+        bunch = sklearn.datasets.load_iris()
+        rows = [
+            ",".join(map(str, [*x, bunch.target_names[y]])) for x, y in zip(bunch.data, bunch.target, strict=True)
+        ]
+        table.write_text("\n".join([",".join([*bunch.feature_names, "species"]), *rows]) + "\n")
+        return [f"dataset.path={table}", "dataset.target=species"]
+    if option == "image_folder":
+        rng = np.random.default_rng(0)
+        for name in ("cats", "dogs"):
+            (folder / "photos" / name).mkdir(parents=True)
+            for i in range(10):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / "photos" / name / f"{i}.png")
+        return [f"dataset.root={folder / 'photos'}", "dataset.image_size=8", "dataset.num_workers=0"]
+    return []
+
+
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(group, option, image_data_dir):
-    cfg = make_config(f"{group}={option}", f"paths.data_dir={image_data_dir}")
+def test_option_composes_and_instantiates(group, option, image_data_dir, tmp_path):
+    required = own_data(option, tmp_path) if group == "dataset" else []
+    cfg = make_config(f"{group}={option}", f"paths.data_dir={image_data_dir}", *required)
     assert_run_matches_config(build(cfg), cfg)
 
 

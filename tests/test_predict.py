@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import sklearn.datasets
-from conftest import cli, make_config
+from conftest import cli_main, make_config
 from PIL import Image
 
 from trainlab.dataloader import DataError
@@ -130,10 +130,10 @@ def test_csv_of_a_regression_table(table_runs, tmp_path):
 def test_csv_that_does_not_fit_fails_in_one_line(table_runs, tmp_path, columns, complaint):
     source, output = tmp_path / "bad.csv", tmp_path / "predictions.csv"
     write_table_csv(source, "iris", slice(0, 10), columns=columns)
-    done = cli("predict.py", f"ckpt={table_runs['iris']}", f"input={source}", f"output={output}")
-    assert done.returncode != 0
-    error = done.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: ") and complaint in error[0], done.stderr
+    code, stderr = cli_main("predict.py", f"ckpt={table_runs['iris']}", f"input={source}", f"output={output}")
+    assert code != 0
+    error = stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and complaint in error[0], stderr
     assert not output.exists()
 
 
