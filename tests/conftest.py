@@ -4,13 +4,17 @@ helper that runs the real command-line entry points."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import pickle
 import runpy
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -73,3 +77,79 @@ def cli_main(script: str, *args: str) -> tuple[int, str]:
     finally:
         sys.argv = argv
     return code, stderr.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The default run (``python train.py``: mlp on digits), trained once and shared by tests that only
+    read what it wrote."""
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    return run_dir, train(make_config(), run_dir)
+
+
+# -- small data set files in their native formats ------------------------------------------------------
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed IDX file of unsigned bytes (MNIST's format): magic 0x0000 08 <ndim>, big-endian
+    int32 sizes, then the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, name: str = "MNIST", n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict:
+    """Random 28x28 images and labels as ``root/<name>/raw/*-ubyte``; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    raw = root / name / "raw"
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"{split}_images"])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"{split}_labels"])
+    return arrays
+
+
+def write_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> tuple[dict, dict[str, str]]:
+    """Random images as CIFAR-10's python pickle batches in ``root/cifar-10-batches-py``; returns the
+    arrays written (HWC images) and the MD5 of each file."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {f"data_batch_{i}": "train" for i in range(1, 6)} | {"test_batch": "test"}
+    arrays: dict[str, list] = {"train_images": [], "train_labels": [], "test_images": [], "test_labels": []}
+    for name, split in files.items():
+        images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        batch = {"batch_label": name, "labels": labels, "data": images.reshape(per_batch, -1), "filenames": []}
+        (folder / name).write_bytes(pickle.dumps(batch))
+        arrays[f"{split}_images"].append(images.transpose(0, 2, 3, 1))
+        arrays[f"{split}_labels"] += labels
+    meta = {"num_cases_per_batch": per_batch, "label_names": CIFAR10_CLASSES, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    md5s = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in folder.iterdir()}
+    return {k: np.concatenate(v) if k.endswith("images") else np.array(v) for k, v in arrays.items()}, md5s
+
+
+def accept_cifar10_checksums(monkeypatch: pytest.MonkeyPatch, md5s: dict[str, str]) -> None:
+    """Make torchvision's CIFAR10 reader expect our files' MD5s (it checks every file against its list)."""
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5s["batches.meta"]})
+
+
+@pytest.fixture
+def image_data_dir(tmp_path, monkeypatch) -> Path:
+    """A ``paths.data_dir`` with small MNIST, Fashion-MNIST and CIFAR-10 files that torchvision reads."""
+    write_mnist(tmp_path, "MNIST")
+    write_mnist(tmp_path, "FashionMNIST", seed=1)
+    _, md5s = write_cifar10(tmp_path)
+    accept_cifar10_checksums(monkeypatch, md5s)
+    return tmp_path

@@ -347,9 +347,11 @@ class TorchvisionImages(ImageData):
         try:
             return reader(str(self.root), train=train, download=self.download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError... when offline
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(error).__name__  # the last line holds the network's answer
+            missing = f"could not be downloaded ({reason})" if self.download else "dataset.download is false"
             raise DataError(
-                f"{self.name} files not found under {self.root} and could not be downloaded ({reason}); "
+                f"{self.name} files not found under {self.root} and {missing}; "
                 f"put the files there or point paths.data_dir at a folder that has them"
             ) from None
 
@@ -370,13 +372,21 @@ class TableData(TensorData):
     target_name = "target"
 
     def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise DataError(
+                f"{path} is not a readable CSV file ({error}); this model predicts from a CSV"
+            ) from None
         if not rows:
             raise DataError(f"{path} has no rows")
         header = list(rows[0])
         names = self.feature_names or []
-        if not set(names) <= set(header):
+        missing = [name for name in names if name not in header]
+        if missing and len(missing) < len(names):  # some names match: the others are missing, not renamed
+            raise DataError(f"{path} lacks the feature column(s) {', '.join(missing)}")
+        if missing:
             columns = [c for c in header if c != self.target_name]
             if len(columns) != self.input_shape[0]:
                 raise DataError(

@@ -267,11 +267,12 @@ class Trainer:
         with Progress(f"epoch {self.epoch + 1}/{self.max_epochs}", total, self.show_progress) as bar:
             bar.advance(self.batch_in_epoch)
             for x, y in self._limited(batches, total - self.batch_in_epoch):
+                lr = self.lr  # the rate this step trains with; a per-step scheduler moves it within the step
                 loss = self._train_step(x, y, metrics)
                 self.batch_in_epoch += 1
                 if self.global_step % self.log_every_n_steps == 0 and self._stepped:
                     loss_value = self._check_finite(loss)
-                    self._log_scalars({"train/loss_step": loss_value, "lr": self.lr})
+                    self._log_scalars({"train/loss_step": loss_value, "lr": lr})
                     bar.set_loss(loss_value)
                 bar.advance()
                 if self._stepped and self.batch_in_epoch < total and self._signal_received(at_step=True):
