@@ -122,7 +122,8 @@ class BatchedData:
         """The ``val`` or ``test`` split in order, never augmented."""
         raise NotImplementedError
 
-    def to(self, device: torch.device | str) -> BatchedData:
+    def to(self, device: torch.device | str, channels_last: bool = False) -> BatchedData:
+        """Serve batches on ``device``; images in channels-last memory order if asked (faster convolutions)."""
         raise NotImplementedError
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,11 +247,15 @@ class TensorData(BatchedData):
         return Task(kind, num_classes=num_classes)
 
     # -- batching ------------------------------------------------------------------------------------
-    def to(self, device: torch.device | str) -> TensorData:
-        """Move every split to ``device`` once, so that batching is an index on the device."""
+    def to(self, device: torch.device | str, channels_last: bool = False) -> TensorData:
+        """Move every split to ``device`` once, so that batching is an index on the device; ``channels_last``
+        stores images as (N, H, W, C) in memory, which convolutions run faster on, and batches keep it."""
         self.device = torch.device(device)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            setattr(self, name, getattr(self, name).to(self.device))
+            tensor = getattr(self, name).to(self.device)
+            if channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            setattr(self, name, tensor)
         return self
 
     def num_samples(self, split: str) -> int:

@@ -1,0 +1,533 @@
+"""Benchmark: trainlab against a plain PyTorch loop, the textbook torchvision DataLoader loop and PyTorch
+Lightning on MNIST, interleaved and repeated in one process; prints the table and writes docs/benchmarks.md.
+
+    python -m trainlab.bench                                  # MLP and CNN: a few minutes on 2 cores
+    python -m trainlab.bench --models mlp --repeats 1         # a quick look
+    python -m trainlab.bench --data-dir /data --threads 1     # elsewhere; one thread on a busy machine
+
+Every variant does the same work per epoch: it trains the same network on 54,000 MNIST images in shuffled
+batches of 100 with Adam (lr 1e-3), then evaluates 6,000 validation images (trainlab's default split).
+
+  (a) trainlab        ``trainlab.run.train`` on a config composed like train.py's: checkpoints, TensorBoard
+  (b) plain loop      in-memory normalised tensors, batches by index from ``randperm``, default Adam
+  (c) textbook        torchvision MNIST, per-sample ToTensor + Normalize, DataLoader(batch_size=100, shuffle)
+  (d) Lightning       a LightningModule fed the same in-memory batches as (b), default logger and checkpoints
+
+An epoch's time is the steady state: the mean time between epoch ends after the first epoch, which pays
+one-off costs (allocations, lazy imports, Lightning's set-up). Ratios are taken within each round, so a
+busy machine slows every variant of a round alike; the table shows medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from trainlab.callbacks import Callback
+from trainlab.dataloader import TensorData
+from trainlab.run import train
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH_SIZE, EVAL_BATCH_SIZE, LR = 100, 1000, 1e-3
+MODELS = {  # the networks, as conf/model overrides
+    "mlp": ["model=mlp", "model.hidden_sizes=[500]", "model.dropout=0.0"],
+    "cnn": ["model=cnn"],
+}
+VARIANTS = {
+    "trainlab": "(a) trainlab",
+    "plain": "(b) plain loop",
+    "textbook": "(c) textbook",
+    "lightning": "(d) Lightning",
+}
+
+
+class BenchError(RuntimeError):
+    """A setting the benchmark cannot run with; the message says what to change."""
+
+
+# -- timing --------------------------------------------------------------------------------------------
+@dataclass
+class Clock(Callback):
+    """Epoch ends, as a trainlab callback or called by hand; ``epoch_s`` is the steady-state epoch time."""
+
+    ticks: list[float] = field(default_factory=list)
+
+    def tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        self.tick()
+
+    @property
+    def epoch_s(self) -> float:
+        if len(self.ticks) < 2:
+            raise BenchError("need at least 2 epochs for a steady-state epoch time; pass --epochs 2 or more")
+        return (self.ticks[-1] - self.ticks[0]) / (len(self.ticks) - 1)
+
+
+CLOCK = Clock()
+
+
+def active_clock() -> Clock:
+    """The clock of the variant running now; trainlab's config names this function as a callback."""
+    return CLOCK
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-product rate in GFLOP/s: the best of ``repeats`` n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- the work ------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """What every variant of one model shares: the composed config, the data and the epochs."""
+
+    cfg: DictConfig
+    data: TensorData
+    epochs: int
+    workdir: Path
+
+    def new_model(self) -> nn.Module:
+        torch.manual_seed(0)
+        return instantiate(self.cfg.model, input_shape=list(self.data.input_shape), num_outputs=10)
+
+    def flops_per_epoch(self) -> tuple[float, float | None]:
+        """(counted, 6·params·samples): the first from torch's FLOP counter on one training step and one
+        evaluation batch; the second the usual estimate, meaningful for fully connected nets only."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        model, x, y = self.new_model(), self.data.x_train[:BATCH_SIZE], self.data.y_train[:BATCH_SIZE]
+        with FlopCounterMode(display=False) as step:
+            F.cross_entropy(model(x), y).backward()
+        with FlopCounterMode(display=False) as forward, torch.no_grad():
+            model(x)
+        n_train, n_val = len(self.data.y_train), len(self.data.y_val)
+        counted = (step.get_total_flops() * n_train + forward.get_total_flops() * n_val) / BATCH_SIZE
+        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            return counted, None
+        params = sum(p.numel() for p in model.parameters())
+        return counted, 6 * params * n_train + 2 * params * n_val
+
+
+def compose_config(model: str, data_dir: Path, epochs: int, threads: int | None) -> DictConfig:
+    overrides = [
+        "dataset=mnist",
+        f"paths.data_dir={data_dir}",
+        f"dataset.batch_size={BATCH_SIZE}",
+        "optimizer=adam",
+        f"optimizer.lr={LR}",
+        f"trainer.max_epochs={epochs}",
+        "trainer.progress=false",
+        f"trainer.num_threads={threads or 'null'}",
+        "+callbacks.clock._target_=trainlab.bench.active_clock",
+        *MODELS[model],
+    ]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def run_trainlab(setup: Setup, clock: Clock) -> float:
+    """(a): train.py's code path, with the config's checkpoints and TensorBoard logging."""
+    global CLOCK
+    CLOCK = clock
+    with tempfile.TemporaryDirectory(dir=setup.workdir) as run_dir, contextlib.redirect_stderr(io.StringIO()):
+        return train(setup.cfg.copy(), run_dir)["val/acc"]  # its summary table goes to the redirected stderr
+
+
+def run_plain(setup: Setup, clock: Clock) -> float:
+    """(b): the loop everyone writes, over tensors already in memory."""
+    model, data = setup.new_model(), setup.data
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    for _ in range(setup.epochs):
+        model.train()
+        for index in torch.randperm(len(data.y_train)).split(BATCH_SIZE):
+            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _, accuracy = _validate(model, InMemoryBatches(data.x_val, data.y_val, EVAL_BATCH_SIZE, shuffle=False))
+        clock.tick()
+    return accuracy
+
+
+def run_textbook(setup: Setup, clock: Clock) -> float:
+    """(c): torchvision's MNIST with per-sample transforms through a DataLoader, as in the tutorials."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    mnist = datasets.MNIST(setup.cfg.paths.data_dir, train=True, transform=to_tensor)
+    n_train, n_val = len(setup.data.y_train), len(setup.data.y_val)
+    train_loader = DataLoader(Subset(mnist, range(n_train)), batch_size=BATCH_SIZE, shuffle=True)
+    val_loader = DataLoader(Subset(mnist, range(n_train, n_train + n_val)), batch_size=EVAL_BATCH_SIZE)
+    model = setup.new_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    for _ in range(setup.epochs):
+        model.train()
+        for x, y in train_loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _, accuracy = _validate(model, val_loader)
+        clock.tick()
+    return accuracy
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, batches) -> tuple[float, float]:
+    model.eval()
+    loss, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        outputs = model(x)
+        loss += F.cross_entropy(outputs, y, reduction="sum").item()
+        correct += (outputs.argmax(-1) == y).sum().item()
+        seen += len(y)
+    return loss / seen, correct / seen
+
+
+class InMemoryBatches:
+    """Shuffled batches by index, re-iterable, with a length: what (b) iterates over, for Lightning."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.y)) if self.shuffle else torch.arange(len(self.y))
+        for index in order.split(self.batch_size):
+            yield self.x[index], self.y[index]
+
+
+def run_lightning(setup: Setup, clock: Clock) -> float:
+    """(d): a LightningModule with the usual logging, fed the same in-memory batches as (b)."""
+    import lightning as L
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # its banners and tips
+
+    class Module(L.LightningModule):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            outputs = self.model(x)
+            self.log("val/loss", F.cross_entropy(outputs, y))
+            self.log("val/acc", (outputs.argmax(-1) == y).float().mean())
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=LR)
+
+    class Ticks(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            clock.tick()
+
+    data = setup.data
+    trainer = L.Trainer(
+        max_epochs=setup.epochs,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=setup.workdir,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Ticks()],
+    )
+    trainer.fit(
+        Module(setup.new_model()),
+        InMemoryBatches(data.x_train, data.y_train, BATCH_SIZE, shuffle=True),
+        InMemoryBatches(data.x_val, data.y_val, EVAL_BATCH_SIZE, shuffle=False),
+    )
+    return float(trainer.callback_metrics["val/acc"])
+
+
+RUNNERS = {"trainlab": run_trainlab, "plain": run_plain, "textbook": run_textbook, "lightning": run_lightning}
+
+
+# -- start-up ------------------------------------------------------------------------------------------
+def startup_times(data_dir: Path, threads: int | None) -> dict[str, float]:
+    """Seconds from starting a process to: torch imported; trainlab's data and model built (its log line);
+    the first epoch of a one-batch run logged (start-up plus one training step and one validation batch)."""
+    import_torch = _timed(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True))
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "dataset=mnist",
+            f"paths.data_dir={data_dir}",
+            *MODELS["mlp"],
+            "trainer.max_epochs=1",
+            "trainer.limit_batches=1",
+            "trainer.progress=false",
+            f"trainer.num_threads={threads or 'null'}",
+            f"hydra.run.dir={run_dir}",
+        ]
+        marks = {"built": re.compile(r"\] - model \w+ \("), "first_step": re.compile(r"\] - epoch 1/1: ")}
+        times: dict[str, float] = {"import_torch": import_torch}
+        start = time.perf_counter()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+            for line in process.stdout:
+                for name, pattern in marks.items():
+                    if name not in times and pattern.search(line):
+                        times[name] = time.perf_counter() - start
+        if process.returncode or len(times) < 3:
+            raise BenchError(f"the start-up run failed (exit code {process.returncode}): {' '.join(command)}")
+    return times
+
+
+def decode_and_cache_times(data: TensorData) -> dict[str, float]:
+    """Seconds to decode MNIST with torchvision's reader, and to read it from trainlab's cache instead."""
+    return {"decode": _timed(data._decode), "cache": _timed(data.load)}
+
+
+# -- the report ----------------------------------------------------------------------------------------
+@dataclass
+class Measure:
+    epoch_s: float
+    val_acc: float
+
+
+def median_ratio(runs: dict[str, list[Measure]], variant: str, reference: str) -> float:
+    """The median over rounds of the ratio of epoch times measured in the same round."""
+    pairs = zip(runs[variant], runs[reference], strict=True)
+    return statistics.median(a.epoch_s / b.epoch_s for a, b in pairs)
+
+
+def step_breakdown(setup: Setup, steps: int = 50) -> dict[str, float]:
+    """Milliseconds per training step of trainlab's parts, alone: forward + backward, the optimizer step
+    (the configured one, fused Adam), and the batch gather, on batches of the real data."""
+    model, data = setup.new_model(), setup.data
+    optimizer = instantiate(setup.cfg.optimizer)(model.parameters())
+    batches = [
+        (data.x_train[i], data.y_train[i])
+        for i in torch.randperm(len(data.y_train))[: steps * BATCH_SIZE].split(BATCH_SIZE)
+    ]
+
+    def forward_backward():
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+
+    def optimizer_steps():
+        for _ in batches:
+            optimizer.step()
+
+    def gathers():
+        for index in torch.randperm(len(data.y_train))[: steps * BATCH_SIZE].split(BATCH_SIZE):
+            data.x_train[index], data.y_train[index]
+
+    forward_backward()  # warm-up, and gradients for the optimizer
+    return {
+        name: 1e3 * min(_timed(fn) for _ in range(3)) / steps
+        for name, fn in [
+            ("forward_backward", forward_backward),
+            ("optimizer", optimizer_steps),
+            ("gather", gathers),
+        ]
+    }
+
+
+def model_section(name: str, setup: Setup, runs: dict[str, list[Measure]], peak: float) -> list[str]:
+    counted, estimate = setup.flops_per_epoch()
+    params = sum(p.numel() for p in setup.new_model().parameters())
+    by_estimate = f", {estimate / 1e9:.1f} by 6·params·samples" if estimate else ""
+    lines = [
+        f"### {name.upper()} ({params:,} parameters): {counted / 1e9:.1f} GFLOP per epoch counted{by_estimate}",
+        "",
+        "| variant | epoch (s) | vs (b) | val acc | GFLOP/s | of peak, counted | of peak, 6·P·N |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, measures in runs.items():
+        epoch_s = statistics.median(m.epoch_s for m in measures)
+        rate = counted / epoch_s / 1e9
+        estimated = f"{100 * estimate / epoch_s / 1e9 / peak:.0f}%" if estimate else "n/a"
+        lines.append(
+            f"| {VARIANTS[variant]} | {epoch_s:.3f} | {median_ratio(runs, variant, 'plain'):.2f}x | "
+            f"{measures[-1].val_acc:.4f} | {rate:.1f} | {100 * rate / peak:.0f}% | {estimated} |"
+        )
+    parts = step_breakdown(setup)
+    step_flops = counted / (len(setup.data.y_train) / BATCH_SIZE)  # val included: a slight overestimate
+    lines += [
+        "",
+        f"trainlab's parts per step, timed alone: forward + backward {parts['forward_backward']:.2f} ms "
+        f"({100 * step_flops / parts['forward_backward'] / 1e6 / peak:.0f}% of peak), optimizer step "
+        f"{parts['optimizer']:.2f} ms, batch gather {parts['gather']:.2f} ms.",
+        "",
+    ]
+    return lines + targets(name, runs, counted if estimate is None else estimate, peak) + [""]
+
+
+def targets(name: str, runs: dict[str, list[Measure]], flops: float, peak: float) -> list[str]:
+    checks = []
+    ratio = median_ratio(runs, "trainlab", "plain")
+    checks.append((f"trainlab <= 1.05x the plain loop (b): {ratio:.2f}x", ratio <= 1.05))
+    if "textbook" in runs:
+        speedup = median_ratio(runs, "textbook", "trainlab")
+        checks.append((f"trainlab >= 3x faster than the textbook loop (c): {speedup:.1f}x", speedup >= 3))
+    if "lightning" in runs:
+        speedup = median_ratio(runs, "lightning", "trainlab")
+        checks.append((f"trainlab faster than Lightning (d): {speedup:.2f}x", speedup > 1))
+    if name == "mlp":
+        fraction = 100 * flops / statistics.median(m.epoch_s for m in runs["trainlab"]) / 1e9 / peak
+        checks.append((f"MLP epoch at >= 60% of the FLOP limit (6·P·N): {fraction:.0f}%", fraction >= 60))
+    return [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
+
+
+def startup_section(data_dir: Path, threads: int | None, data: TensorData) -> list[str]:
+    startup = startup_times(data_dir, threads)
+    cache = decode_and_cache_times(data)
+    return [
+        "### Start-up: `python train.py dataset=mnist ...` (MLP, data cached)",
+        "",
+        "| from process start to | s |",
+        "| --- | ---: |",
+        f"| torch imported (`python -c 'import torch'`, for reference) | {startup['import_torch']:.2f} |",
+        f"| data and model built (log line `model MLP ...`) | {startup['built']:.2f} |",
+        f"| first step done (log line `epoch 1/1` of a one-batch run) | {startup['first_step']:.2f} |",
+        "",
+        f"Decoding MNIST with torchvision's reader takes {cache['decode']:.2f} s (the first run only); reading "
+        f"trainlab's cache and converting to floats {cache['cache']:.2f} s.",
+        "",
+    ]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainlab.bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/raw/"
+    )
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the MLP (default 3)")
+    parser.add_argument("--cnn-repeats", type=int, default=1, help="rounds of the slower CNN (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m trainlab.bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        report = bench(args, command)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def bench(args: argparse.Namespace, command: str) -> str:
+    """Run every round and return the report as Markdown."""
+    data_dir = args.data_dir.resolve()
+    if not (data_dir / "MNIST" / "raw").is_dir():
+        raise BenchError(f"no MNIST files under {data_dir} (expected {data_dir}/MNIST/raw/); pass --data-dir")
+    if args.epochs < 2:
+        raise BenchError("need at least 2 epochs for a steady-state epoch time; pass --epochs 2 or more")
+    variants = ["plain"] + [v for v in args.variants if v != "plain"]  # (b) is the reference of every ratio
+    if "lightning" in variants and importlib.util.find_spec("lightning") is None:
+        variants.remove("lightning")
+        print("Lightning is not installed: skipping (d)", file=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", module="lightning")
+    load_before = load_average()
+
+    workdir = Path(tempfile.mkdtemp(prefix="trainlab-bench-"))
+    setups = {}
+    for name in args.models:
+        cfg = compose_config(name, data_dir, args.epochs, args.threads)
+        setups[name] = Setup(cfg, instantiate(cfg.dataset), args.epochs, workdir)
+    rounds = {name: args.cnn_repeats if name == "cnn" else args.repeats for name in setups}
+    runs: dict[str, dict[str, list[Measure]]] = {name: defaultdict(list) for name in setups}
+    peaks = []
+    for round_ in range(max(rounds.values())):
+        peaks.append(matmul_peak())
+        for name in (n for n in setups if round_ < rounds[n]):
+            for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+                clock = Clock()
+                val_acc = RUNNERS[variant](setups[name], clock)
+                runs[name][variant].append(Measure(clock.epoch_s, val_acc))
+                print(f"round {round_ + 1} {name} {variant}: {clock.epoch_s:.3f} s/epoch", file=sys.stderr)
+    peak = max(peaks)
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {datetime.now():%Y-%m-%d %H:%M}: {machine()}; "
+        f"load average {load_before} before, {load_average()} after (1/5/15 min).",
+        "",
+        f"fp32 matrix-product peak ({', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s in the rounds): {peak:.0f} GFLOP/s. "
+        f"{args.epochs} epochs per run; rounds: {', '.join(f'{n} {r}' for n, r in rounds.items())}.",
+        "",
+        *__doc__[__doc__.index("Every variant") :].strip().splitlines(),
+        "",
+    ]
+    for name, setup in setups.items():
+        lines += model_section(name, setup, {v: runs[name][v] for v in variants}, peak)
+    if not args.no_startup:
+        lines += startup_section(data_dir, args.threads, next(iter(setups.values())).data)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy: the trainlab variant's callback (``active_clock``) is
+    # found by Hydra in ``trainlab.bench``, and must see the clock set there.
+    from trainlab import bench as imported
+
+    sys.exit(imported.main())
