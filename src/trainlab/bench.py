@@ -1,21 +1,24 @@
 """Benchmark: trainlab against a plain PyTorch loop, the textbook torchvision DataLoader loop and PyTorch
 Lightning on MNIST, interleaved and repeated in one process; prints the table and writes docs/benchmarks.md.
 
-    python -m trainlab.bench                                  # MLP and CNN: a few minutes on 2 cores
+    python -m trainlab.bench                                  # MLP and CNN: a few minutes on 2 idle cores
     python -m trainlab.bench --models mlp --repeats 1         # a quick look
-    python -m trainlab.bench --data-dir /data --threads 1     # elsewhere; one thread on a busy machine
+    python -m trainlab.bench --data-dir /data --threads 1     # data elsewhere; one thread on a busy machine
 
 Every variant does the same work per epoch: it trains the same network on 54,000 MNIST images in shuffled
 batches of 100 with Adam (lr 1e-3), then evaluates 6,000 validation images (trainlab's default split).
 
-  (a) trainlab        ``trainlab.run.train`` on a config composed like train.py's: checkpoints, TensorBoard
-  (b) plain loop      in-memory normalised tensors, batches by index from ``randperm``, default Adam
-  (c) textbook        torchvision MNIST, per-sample ToTensor + Normalize, DataLoader(batch_size=100, shuffle)
-  (d) Lightning       a LightningModule fed the same in-memory batches as (b), default logger and checkpoints
+- (a) trainlab: `trainlab.run.train` on a config composed as train.py composes it (checkpoints, TensorBoard)
+- (a') the same with `trainer.channels_last=true` (the CNN only)
+- (b) plain loop: in-memory normalised tensors, batches by index from `randperm`, `torch.optim.Adam(lr=1e-3)`
+- (c) textbook: torchvision's MNIST with per-sample `ToTensor` and `Normalize`, `DataLoader(batch_size=100,
+  shuffle=True)`, the loop of (b)
+- (d) Lightning: a `LightningModule` fed the same in-memory batches as (b), its default logger and checkpoints
 
 An epoch's time is the steady state: the mean time between epoch ends after the first epoch, which pays
 one-off costs (allocations, lazy imports, Lightning's set-up). Ratios are taken within each round, so a
-busy machine slows every variant of a round alike; the table shows medians over the rounds.
+busy machine slows every variant of a round alike; the tables show medians over the rounds. FLOP counts
+come from torch's FLOP counter (`torch.utils.flop_counter`); the peak is the best large fp32 `torch.mm`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from trainlab import datacache
 from trainlab.callbacks import Callback
 from trainlab.dataloader import TensorData
 from trainlab.run import train
@@ -59,6 +63,7 @@ MODELS = {  # the networks, as conf/model overrides
 }
 VARIANTS = {
     "trainlab": "(a) trainlab",
+    "trainlab_cl": "(a') trainlab, channels_last",  # the CNN only
     "plain": "(b) plain loop",
     "textbook": "(c) textbook",
     "lightning": "(d) Lightning",
@@ -125,9 +130,9 @@ class Setup:
         torch.manual_seed(0)
         return instantiate(self.cfg.model, input_shape=list(self.data.input_shape), num_outputs=10)
 
-    def flops_per_epoch(self) -> tuple[float, float | None]:
-        """(counted, 6·params·samples): the first from torch's FLOP counter on one training step and one
-        evaluation batch; the second the usual estimate, meaningful for fully connected nets only."""
+    def flops(self) -> tuple[int, int]:
+        """FLOPs of one training step (forward and backward) and of one evaluation batch, as torch's FLOP
+        counter finds them on batches of ``BATCH_SIZE``."""
         from torch.utils.flop_counter import FlopCounterMode
 
         model, x, y = self.new_model(), self.data.x_train[:BATCH_SIZE], self.data.y_train[:BATCH_SIZE]
@@ -135,8 +140,15 @@ class Setup:
             F.cross_entropy(model(x), y).backward()
         with FlopCounterMode(display=False) as forward, torch.no_grad():
             model(x)
+        return step.get_total_flops(), forward.get_total_flops()
+
+    def flops_per_epoch(self) -> tuple[float, float | None]:
+        """(counted, 6·params·samples): the work of one epoch as counted, and the usual estimate, which is
+        meaningful for fully connected nets only (and counts the first layer's unneeded input gradient)."""
+        step, forward = self.flops()
         n_train, n_val = len(self.data.y_train), len(self.data.y_val)
-        counted = (step.get_total_flops() * n_train + forward.get_total_flops() * n_val) / BATCH_SIZE
+        counted = (step * n_train + forward * n_val) / BATCH_SIZE
+        model = self.new_model()
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             return counted, None
         params = sum(p.numel() for p in model.parameters())
@@ -160,12 +172,19 @@ def compose_config(model: str, data_dir: Path, epochs: int, threads: int | None)
         return compose("train", overrides=overrides)
 
 
-def run_trainlab(setup: Setup, clock: Clock) -> float:
+def run_trainlab(setup: Setup, clock: Clock, channels_last: bool = False) -> float:
     """(a): train.py's code path, with the config's checkpoints and TensorBoard logging."""
     global CLOCK
     CLOCK = clock
+    cfg = setup.cfg.copy()
+    cfg.trainer.channels_last = channels_last
     with tempfile.TemporaryDirectory(dir=setup.workdir) as run_dir, contextlib.redirect_stderr(io.StringIO()):
-        return train(setup.cfg.copy(), run_dir)["val/acc"]  # its summary table goes to the redirected stderr
+        return train(cfg, run_dir)["val/acc"]  # its summary table goes to the redirected stderr
+
+
+def run_trainlab_channels_last(setup: Setup, clock: Clock) -> float:
+    """(a'): the same with ``trainer.channels_last=true``, for convolutional nets."""
+    return run_trainlab(setup, clock, channels_last=True)
 
 
 def run_plain(setup: Setup, clock: Clock) -> float:
@@ -284,14 +303,24 @@ def run_lightning(setup: Setup, clock: Clock) -> float:
     return float(trainer.callback_metrics["val/acc"])
 
 
-RUNNERS = {"trainlab": run_trainlab, "plain": run_plain, "textbook": run_textbook, "lightning": run_lightning}
+RUNNERS = {
+    "trainlab": run_trainlab,
+    "trainlab_cl": run_trainlab_channels_last,
+    "plain": run_plain,
+    "textbook": run_textbook,
+    "lightning": run_lightning,
+}
 
 
 # -- start-up ------------------------------------------------------------------------------------------
 def startup_times(data_dir: Path, threads: int | None) -> dict[str, float]:
-    """Seconds from starting a process to: torch imported; trainlab's data and model built (its log line);
-    the first epoch of a one-batch run logged (start-up plus one training step and one validation batch)."""
-    import_torch = _timed(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True))
+    """Seconds from starting a process to: torch imported; torchmetrics imported (it imports torchvision);
+    trainlab's data and model built (its log line); the first epoch of a one-batch run logged (start-up
+    plus one training step and one validation batch)."""
+    times = {
+        name: _timed(lambda code=code: subprocess.run([sys.executable, "-c", code], check=True))
+        for name, code in [("import_torch", "import torch"), ("import_torchmetrics", "import torchmetrics")]
+    }
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
             sys.executable,
@@ -306,21 +335,31 @@ def startup_times(data_dir: Path, threads: int | None) -> dict[str, float]:
             f"hydra.run.dir={run_dir}",
         ]
         marks = {"built": re.compile(r"\] - model \w+ \("), "first_step": re.compile(r"\] - epoch 1/1: ")}
-        times: dict[str, float] = {"import_torch": import_torch}
         start = time.perf_counter()
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
             for line in process.stdout:
                 for name, pattern in marks.items():
                     if name not in times and pattern.search(line):
                         times[name] = time.perf_counter() - start
-        if process.returncode or len(times) < 3:
+        if process.returncode or len(times) < 4:
             raise BenchError(f"the start-up run failed (exit code {process.returncode}): {' '.join(command)}")
     return times
 
 
 def decode_and_cache_times(data: TensorData) -> dict[str, float]:
-    """Seconds to decode MNIST with torchvision's reader, and to read it from trainlab's cache instead."""
-    return {"decode": _timed(data._decode), "cache": _timed(data.load)}
+    """Seconds to decode MNIST with torchvision's reader, and to read trainlab's cache of it instead; the
+    cache is memory-mapped, so both are timed until every byte has been read."""
+
+    def read_all(load: Callable[[], dict]) -> None:
+        for value in load().values():
+            if isinstance(value, torch.Tensor):
+                value.clone()  # a copy reads every byte
+
+    folder = data.root / "MNIST"
+    return {
+        "decode": _timed(lambda: read_all(data._decode)),
+        "cache": _timed(lambda: read_all(lambda: datacache.load_or_decode(folder, data._decode))),
+    }
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -337,14 +376,12 @@ def median_ratio(runs: dict[str, list[Measure]], variant: str, reference: str) -
 
 
 def step_breakdown(setup: Setup, steps: int = 50) -> dict[str, float]:
-    """Milliseconds per training step of trainlab's parts, alone: forward + backward, the optimizer step
-    (the configured one, fused Adam), and the batch gather, on batches of the real data."""
+    """Milliseconds per training step of trainlab's parts, each timed alone on batches of the real data:
+    forward + backward, the configured optimizer's step (fused Adam), and the batch gather."""
     model, data = setup.new_model(), setup.data
     optimizer = instantiate(setup.cfg.optimizer)(model.parameters())
-    batches = [
-        (data.x_train[i], data.y_train[i])
-        for i in torch.randperm(len(data.y_train))[: steps * BATCH_SIZE].split(BATCH_SIZE)
-    ]
+    indices = torch.randperm(len(data.y_train))[: steps * BATCH_SIZE].split(BATCH_SIZE)
+    batches = [(data.x_train[index], data.y_train[index]) for index in indices]
 
     def forward_backward():
         for x, y in batches:
@@ -355,18 +392,12 @@ def step_breakdown(setup: Setup, steps: int = 50) -> dict[str, float]:
             optimizer.step()
 
     def gathers():
-        for index in torch.randperm(len(data.y_train))[: steps * BATCH_SIZE].split(BATCH_SIZE):
+        for index in indices:
             data.x_train[index], data.y_train[index]
 
     forward_backward()  # warm-up, and gradients for the optimizer
-    return {
-        name: 1e3 * min(_timed(fn) for _ in range(3)) / steps
-        for name, fn in [
-            ("forward_backward", forward_backward),
-            ("optimizer", optimizer_steps),
-            ("gather", gathers),
-        ]
-    }
+    parts = {"forward_backward": forward_backward, "optimizer": optimizer_steps, "gather": gathers}
+    return {name: 1e3 * min(_timed(fn) for _ in range(3)) / len(batches) for name, fn in parts.items()}
 
 
 def model_section(name: str, setup: Setup, runs: dict[str, list[Measure]], peak: float) -> list[str]:
@@ -388,7 +419,7 @@ def model_section(name: str, setup: Setup, runs: dict[str, list[Measure]], peak:
             f"{measures[-1].val_acc:.4f} | {rate:.1f} | {100 * rate / peak:.0f}% | {estimated} |"
         )
     parts = step_breakdown(setup)
-    step_flops = counted / (len(setup.data.y_train) / BATCH_SIZE)  # val included: a slight overestimate
+    step_flops = setup.flops()[0]
     lines += [
         "",
         f"trainlab's parts per step, timed alone: forward + backward {parts['forward_backward']:.2f} ms "
@@ -424,11 +455,12 @@ def startup_section(data_dir: Path, threads: int | None, data: TensorData) -> li
         "| from process start to | s |",
         "| --- | ---: |",
         f"| torch imported (`python -c 'import torch'`, for reference) | {startup['import_torch']:.2f} |",
+        f"| torchmetrics imported (`python -c 'import torchmetrics'`) | {startup['import_torchmetrics']:.2f} |",
         f"| data and model built (log line `model MLP ...`) | {startup['built']:.2f} |",
         f"| first step done (log line `epoch 1/1` of a one-batch run) | {startup['first_step']:.2f} |",
         "",
         f"Decoding MNIST with torchvision's reader takes {cache['decode']:.2f} s (the first run only); reading "
-        f"trainlab's cache and converting to floats {cache['cache']:.2f} s.",
+        f"trainlab's cache of it {cache['cache']:.2f} s.",
         "",
     ]
 
@@ -452,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up (default 3)")
+    parser.add_argument("--epochs", type=int, default=3, help="per MLP run; the first is warm-up (default 3)")
+    parser.add_argument("--cnn-epochs", type=int, default=2, help="per run of the slower CNN (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the MLP (default 3)")
     parser.add_argument("--cnn-repeats", type=int, default=1, help="rounds of the slower CNN (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -477,7 +510,7 @@ def bench(args: argparse.Namespace, command: str) -> str:
     data_dir = args.data_dir.resolve()
     if not (data_dir / "MNIST" / "raw").is_dir():
         raise BenchError(f"no MNIST files under {data_dir} (expected {data_dir}/MNIST/raw/); pass --data-dir")
-    if args.epochs < 2:
+    if min(args.epochs, args.cnn_epochs) < 2:
         raise BenchError("need at least 2 epochs for a steady-state epoch time; pass --epochs 2 or more")
     variants = ["plain"] + [v for v in args.variants if v != "plain"]  # (b) is the reference of every ratio
     if "lightning" in variants and importlib.util.find_spec("lightning") is None:
@@ -491,15 +524,17 @@ def bench(args: argparse.Namespace, command: str) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="trainlab-bench-"))
     setups = {}
     for name in args.models:
-        cfg = compose_config(name, data_dir, args.epochs, args.threads)
-        setups[name] = Setup(cfg, instantiate(cfg.dataset), args.epochs, workdir)
+        epochs = args.cnn_epochs if name == "cnn" else args.epochs
+        cfg = compose_config(name, data_dir, epochs, args.threads)
+        setups[name] = Setup(cfg, instantiate(cfg.dataset), epochs, workdir)
     rounds = {name: args.cnn_repeats if name == "cnn" else args.repeats for name in setups}
     runs: dict[str, dict[str, list[Measure]]] = {name: defaultdict(list) for name in setups}
     peaks = []
     for round_ in range(max(rounds.values())):
         peaks.append(matmul_peak())
         for name in (n for n in setups if round_ < rounds[n]):
-            for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+            chosen = [v for v in variants if v != "trainlab_cl" or name == "cnn"]
+            for variant in chosen[round_ % len(chosen) :] + chosen[: round_ % len(chosen)]:
                 clock = Clock()
                 val_acc = RUNNERS[variant](setups[name], clock)
                 runs[name][variant].append(Measure(clock.epoch_s, val_acc))
@@ -513,13 +548,13 @@ def bench(args: argparse.Namespace, command: str) -> str:
         f"load average {load_before} before, {load_average()} after (1/5/15 min).",
         "",
         f"fp32 matrix-product peak ({', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s in the rounds): {peak:.0f} GFLOP/s. "
-        f"{args.epochs} epochs per run; rounds: {', '.join(f'{n} {r}' for n, r in rounds.items())}.",
+        "Per model: " + ", ".join(f"{n} {s.epochs} epochs x {rounds[n]} rounds" for n, s in setups.items()) + ".",
         "",
         *__doc__[__doc__.index("Every variant") :].strip().splitlines(),
         "",
     ]
     for name, setup in setups.items():
-        lines += model_section(name, setup, {v: runs[name][v] for v in variants}, peak)
+        lines += model_section(name, setup, {v: runs[name][v] for v in variants if runs[name][v]}, peak)
     if not args.no_startup:
         lines += startup_section(data_dir, args.threads, next(iter(setups.values())).data)
     return "\n".join(lines)
