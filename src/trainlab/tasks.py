@@ -142,10 +142,12 @@ class DeferredMetrics:
         self.flush()
         return self.metrics.compute()
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The batches so far, pending ones included, for a mid-epoch checkpoint."""
-        self.flush()
-        return self.metrics.state_dict()
+    def state_dict(self) -> dict:
+        """For a mid-epoch checkpoint: the metrics' state and the batches not yet added, so that a resumed
+        epoch adds them in the same groups as an uninterrupted one, and gets bitwise the same values."""
+        outputs, targets, losses = [list(column) for column in zip(*self.pending, strict=True)] or [[], [], []]
+        return {"metrics": self.metrics.state_dict(), "outputs": outputs, "targets": targets, "losses": losses}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.metrics.load_state_dict(state)
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics.load_state_dict(state["metrics"])
+        self.pending = list(zip(state["outputs"], state["targets"], state["losses"], strict=True))
