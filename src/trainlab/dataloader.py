@@ -263,8 +263,12 @@ class TensorData(BatchedData):
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Shuffled training batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
-        for batch, index in enumerate(self.sharded_order(epoch, start), start):
-            index = index.to(self.device)
+        shards = self.sharded_order(epoch, start)
+        if not shards:
+            return
+        # one copy of the epoch's indices to the device, not one (and a host sync on a GPU) per batch
+        indices = torch.cat(shards).to(self.device).split([len(shard) for shard in shards])
+        for batch, index in enumerate(indices, start):
             x = self.x_train[index]
             if self.augment is not None:
                 x = self.transform(self._augment(self.untransform(x), epoch, batch))
