@@ -16,8 +16,9 @@ from conftest import ROOT, cli_main, make_config
 from trainlab import checkpoint
 from trainlab.run import train
 
-# 150 one-sample steps per epoch: long enough for a signal to land in the middle of one.
-RUN = ("dataset.batch_size=1", "trainer.limit_batches=150", "trainer.max_epochs=2", "trainer.progress=false")
+# One-sample steps: enough per epoch (0.5 s or more) for a signal to land in the middle of one.
+STEPS = 1000
+RUN = ("dataset.batch_size=1", f"trainer.limit_batches={STEPS}", "trainer.max_epochs=2", "trainer.progress=false")
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -49,7 +50,7 @@ def test_sigterm_mid_epoch_saves_exits_and_the_printed_command_resumes_it(tmp_pa
     assert code == 128 + signal.SIGTERM
 
     state = checkpoint.load(last)
-    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 150, "stopped mid-epoch 2"
+    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < STEPS, "stopped mid-epoch 2"
     output = log.read_text()
     assert "SIGTERM received" in output and "Traceback" not in output
     resume = output.split("Resume with: ")[1].splitlines()[0]

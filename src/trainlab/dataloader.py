@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 
+from trainlab import datacache
 from trainlab.tasks import Kind, Task
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ class BatchedData:
         """The ``val`` or ``test`` split in order, never augmented."""
         raise NotImplementedError
 
-    def to(self, device: torch.device | str) -> BatchedData:
+    def to(self, device: torch.device | str, channels_last: bool = False) -> BatchedData:
+        """Serve batches on ``device``; images in channels-last memory order if asked (faster convolutions)."""
         raise NotImplementedError
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,7 @@ class BatchedData:
             raise DataError(
                 f"inputs of shape {tuple(x.shape[1:])} do not fit this model, which expects {self.input_shape}"
             )
-        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x.float() - self.mean.to(x.device)).div_(self.std.to(x.device))  # one new tensor, not two
 
     def untransform(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs back to raw features (images in [0, 1]), for augmentation and pictures."""
@@ -245,11 +247,15 @@ class TensorData(BatchedData):
         return Task(kind, num_classes=num_classes)
 
     # -- batching ------------------------------------------------------------------------------------
-    def to(self, device: torch.device | str) -> TensorData:
-        """Move every split to ``device`` once, so that batching is an index on the device."""
+    def to(self, device: torch.device | str, channels_last: bool = False) -> TensorData:
+        """Move every split to ``device`` once, so that batching is an index on the device; ``channels_last``
+        stores images as (N, H, W, C) in memory, which convolutions run faster on, and batches keep it."""
         self.device = torch.device(device)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            setattr(self, name, getattr(self, name).to(self.device))
+            tensor = getattr(self, name).to(self.device)
+            if channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            setattr(self, name, tensor)
         return self
 
     def num_samples(self, split: str) -> int:
@@ -257,8 +263,12 @@ class TensorData(BatchedData):
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Shuffled training batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
-        for batch, index in enumerate(self.sharded_order(epoch, start), start):
-            index = index.to(self.device)
+        shards = self.sharded_order(epoch, start)
+        if not shards:
+            return
+        # one copy of the epoch's indices to the device, not one (and a host sync on a GPU) per batch
+        indices = torch.cat(shards).to(self.device).split([len(shard) for shard in shards])
+        for batch, index in enumerate(indices, start):
             x = self.x_train[index]
             if self.augment is not None:
                 x = self.transform(self._augment(self.untransform(x), epoch, batch))
@@ -330,6 +340,9 @@ class Digits(ImageData):
 class TorchvisionImages(ImageData):
     """MNIST, Fashion-MNIST or CIFAR-10 through torchvision's readers, with their official test split.
 
+    The decoded images are cached next to the raw files (see ``trainlab.datacache``), so only the first
+    run decodes them.
+
     Args:
         name: the torchvision class (``MNIST``, ``FashionMNIST``, ``CIFAR10``).
         root: the folder torchvision reads (``root/MNIST/raw/...``, ``root/cifar-10-batches-py``).
@@ -340,12 +353,14 @@ class TorchvisionImages(ImageData):
         self.name, self.root, self.download = name, Path(to_absolute_path(root)), download
         super().__init__(task="multiclass", **kwargs)
 
-    def _read(self, train: bool):
+    def _reader(self):
         import torchvision
 
-        reader = getattr(torchvision.datasets, self.name)
+        return getattr(torchvision.datasets, self.name)
+
+    def _read(self, train: bool):
         try:
-            return reader(str(self.root), train=train, download=self.download)
+            return self._reader()(str(self.root), train=train, download=self.download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError... when offline
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = lines[-1] if lines else type(error).__name__  # the last line holds the network's answer
@@ -355,14 +370,23 @@ class TorchvisionImages(ImageData):
                 f"put the files there or point paths.data_dir at a folder that has them"
             ) from None
 
-    def load(self) -> Splits:
-        parts = []
-        for train in (True, False):
-            data = self._read(train)
+    def _decode(self) -> dict:
+        """Both splits as uint8 (N, C, H, W) images and int64 labels, plus the class names."""
+        decoded = {}
+        for split in ("train", "test"):
+            data = self._read(train=split == "train")
             images = torch.as_tensor(np.asarray(data.data))
             images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
-            parts += [images.float() / 255, torch.as_tensor(data.targets).long()]
-        return Splits(*parts, classes=list(data.classes))
+            decoded[f"x_{split}"] = images.contiguous()
+            decoded[f"y_{split}"] = torch.as_tensor(data.targets).long()
+        decoded["classes"] = list(data.classes)
+        return decoded
+
+    def load(self) -> Splits:
+        folder = self.root / getattr(self._reader(), "base_folder", self.name)  # torchvision's layout
+        d = datacache.load_or_decode(folder, self._decode)
+        x_train, x_test = (d[k].float().div_(255) for k in ("x_train", "x_test"))
+        return Splits(x_train, d["y_train"], x_test, d["y_test"], d["classes"])
 
 
 # -- tables ------------------------------------------------------------------------------------------

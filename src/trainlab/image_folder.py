@@ -54,6 +54,8 @@ class ImageFolderData(BatchedData):
         num_workers, pin_memory, persistent_workers: the ``DataLoader``'s, for decoding in parallel.
     """
 
+    memory_format = torch.preserve_format  # of the batches; ``to(..., channels_last=True)`` changes it
+
     def __init__(
         self,
         root: str | None,
@@ -146,8 +148,9 @@ class ImageFolderData(BatchedData):
         return len(self.subsets[split])
 
     # -- batching ------------------------------------------------------------------------------------
-    def to(self, device: torch.device | str) -> ImageFolderData:
+    def to(self, device: torch.device | str, channels_last: bool = False) -> ImageFolderData:
         self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         return self
 
     def _loader(self, split: str) -> tuple[DataLoader, _EpochOrder]:
@@ -171,7 +174,10 @@ class ImageFolderData(BatchedData):
 
     def _on_device(self, batches: DataLoader) -> Iterator[Batch]:
         for x, y in batches:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield (
+                x.to(self.device, non_blocking=True, memory_format=self.memory_format),
+                y.to(self.device, non_blocking=True),
+            )
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         loader, sampler = self._loader("train")

@@ -1,4 +1,5 @@
-"""A progress bar per epoch (rich), cheap enough to advance on every step."""
+"""A progress bar per epoch (rich), cheap enough to advance on every step: an advance costs about 1 us, and
+the bar is drawn twice a second (each drawing takes about 1 ms of the training process's time)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Progress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[loss]}"),
             disable=not enabled,
+            refresh_per_second=2,
         )
         self.task = self.bar.add_task(description, total=total, loss="")
 

@@ -103,3 +103,51 @@ class Task:
                 metric.update(loss.detach().float().expand(targets.shape[0]))
             else:
                 metric.update(preds, targets)
+
+
+class DeferredMetrics:
+    """Training metrics updated with many batches at once.
+
+    Each torchmetrics ``update`` costs about 0.1-0.3 ms of Python, several percent of a small model's
+    training step on a CPU. This keeps the batches' (detached, on-device) outputs and updates the metrics
+    every ``every`` batches with all of them, which gives the same values and no host synchronisation.
+    """
+
+    def __init__(self, task: Task, prefix: str, every: int = 64):
+        self.task, self.every = task, every
+        self.metrics = task.metrics(prefix)
+        self.metrics.persistent(True)  # their state goes into a mid-epoch checkpoint
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def to(self, device: torch.device) -> DeferredMetrics:
+        self.metrics.to(device)
+        return self
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        self.pending.append((outputs.detach(), targets, loss.detach()))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        outputs, targets, losses = zip(*self.pending, strict=True)
+        self.pending = []
+        losses = torch.stack(losses).float()
+        sizes = torch.tensor([len(t) for t in targets], dtype=losses.dtype).to(losses.device, non_blocking=True)
+        mean_loss = losses @ sizes / sizes.sum()  # the mean over samples, as per-batch updates would give
+        self.task.update(self.metrics, torch.cat(outputs), torch.cat(targets), mean_loss)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        self.flush()
+        return self.metrics.compute()
+
+    def state_dict(self) -> dict:
+        """For a mid-epoch checkpoint: the metrics' state and the batches not yet added, so that a resumed
+        epoch adds them in the same groups as an uninterrupted one, and gets bitwise the same values."""
+        outputs, targets, losses = [list(column) for column in zip(*self.pending, strict=True)] or [[], [], []]
+        return {"metrics": self.metrics.state_dict(), "outputs": outputs, "targets": targets, "losses": losses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics.load_state_dict(state["metrics"])
+        self.pending = list(zip(state["outputs"], state["targets"], state["losses"], strict=True))

@@ -26,7 +26,7 @@ from trainlab import checkpoint, distributed
 from trainlab.callbacks import Callback
 from trainlab.dataloader import TensorData
 from trainlab.progress import Progress, format_metrics, print_summary
-from trainlab.tasks import Task
+from trainlab.tasks import DeferredMetrics, Task
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class Trainer:
         limit_batches: at most this many batches per split and epoch (for smoke runs); null: all.
         deterministic: make torch choose deterministic algorithms (CPU runs are deterministic anyway).
         num_threads: torch's intra-op threads; null keeps torch's default.
+        compile: ``torch.compile`` the model (compiles on the first steps; pays off on long runs and GPUs).
+        channels_last: keep images and convolution weights in channels-last memory order.
         progress: show a progress bar per epoch.
         strategy: ``auto`` (one process) or ``ddp`` (DistributedDataParallel, one process per device, launched
             by torchrun: ``dataset.batch_size`` is then the global batch, split among the processes).
@@ -135,6 +137,8 @@ class Trainer:
         limit_batches: int | None = None,
         deterministic: bool = False,
         num_threads: int | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
         progress: bool = True,
         strategy: str = "auto",
         callbacks: dict[str, Callback] | None = None,
@@ -154,6 +158,7 @@ class Trainer:
         self.precision = str(precision)
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.limit_batches = limit_batches
+        self.compile, self.channels_last = compile, channels_last
         self.show_progress = progress and distributed.is_main()
         self.callbacks = dict(callbacks or {})
         if deterministic:
@@ -196,14 +201,15 @@ class Trainer:
         """Train, validate and checkpoint every epoch, then test the best model; returns metrics.json."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.model, self.data, self.optimizer = model.to(self.device), data.to(self.device), optimizer
-        self.train_model = model  # what the training step runs: under DDP, the wrapped model
+        self.model, self.optimizer = self._prepare(model), optimizer
+        self.data = data.to(self.device, channels_last=self.channels_last)
+        self.train_model = self.model  # what the training step runs: under DDP, the wrapped model
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel
 
             data.distribute(distributed.rank(), distributed.world_size())
             self.train_model = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.run_dir = Path(run_dir)
@@ -257,8 +263,7 @@ class Trainer:
 
     def _train_epoch(self) -> dict[str, float]:
         self.model.train()
-        metrics = self.train_metrics = self.task.metrics("train").to(self.device)
-        metrics.persistent(True)  # their state goes into a mid-epoch checkpoint
+        metrics = self.train_metrics = DeferredMetrics(self.task, "train").to(self.device)
         if self._resumed_train_metrics:  # the batches before a mid-epoch resume count too
             metrics.load_state_dict(self._resumed_train_metrics)
             self._resumed_train_metrics = None
@@ -280,13 +285,13 @@ class Trainer:
                     self._save_interrupted()
         return self._compute(metrics)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics) -> torch.Tensor:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics: DeferredMetrics) -> torch.Tensor:
         """Forward and backward on one batch; an optimizer step every ``accumulate`` batches."""
         with self.autocast():
             outputs = self.train_model(x)
             loss = self.task.loss(outputs, y)
         self.scaler.scale(loss * self._loss_weight(len(y))).backward()
-        self.task.update(metrics, outputs, y, loss)
+        metrics.update(outputs, y, loss)
         end_of_epoch = self.batch_in_epoch + 1 == self._limit(self.data.num_batches("train"))
         self._stepped = (self.batch_in_epoch + 1) % self.accumulate == 0 or end_of_epoch
         if self._stepped:
@@ -299,12 +304,21 @@ class Trainer:
             self.global_step += 1
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-        return loss
+        return loss.detach()
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics over the whole ``val`` or ``test`` split."""
         batches = self._limited(self.data.batches(split), self._limit(self.data.num_batches(split)))
         return evaluate(self.model, batches, self.task, split, self.device, self.autocast)
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in channels-last memory order and compiled where configured."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()  # in place, so the state dict keeps its keys (no "_orig_mod." prefix)
+        return model
 
     # -- pieces of the loop --------------------------------------------------------------------------
     def _loss_weight(self, n: int) -> float:
@@ -335,7 +349,7 @@ class Trainer:
                 return
             yield batch
 
-    def _compute(self, metrics) -> dict[str, float]:
+    def _compute(self, metrics: DeferredMetrics) -> dict[str, float]:
         values = {name: float(value) for name, value in metrics.compute().items()}
         self._check_finite(values.get("train/loss", 0.0))
         return values
