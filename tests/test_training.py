@@ -94,15 +94,7 @@ def test_reloaded_checkpoint_gives_bitwise_identical_outputs(tmp_path):
     predict compute exactly the same outputs from exactly the same preprocessed inputs."""
     cfg = make_config("trainer.max_epochs=3", "trainer.limit_batches=5", "scheduler=step")
     run = build(cfg)
-    run.trainer.fit(
-        run.model,
-        run.data,
-        run.optimizer,
-        run.scheduler,
-        run.scheduler_interval,
-        run_dir=tmp_path,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-    )
+    run.fit(cfg, tmp_path)
     _, data, model = load_trained(tmp_path / "checkpoints" / "best.ckpt", torch.device("cpu"))
     assert torch.equal(data.x_test, run.data.x_test)
     run.model.eval()

@@ -45,6 +45,21 @@ class Run:
     scheduler_interval: str
     trainer: Trainer
 
+    def fit(self, cfg: DictConfig, run_dir: str | Path, ckpt_path: str | Path | None = None) -> dict[str, Any]:
+        """Train in ``run_dir``; ``cfg`` (the config this run was built from) goes into its checkpoints and
+        TensorBoard's HParams."""
+        return self.trainer.fit(
+            self.model,
+            self.data,
+            self.optimizer,
+            self.scheduler,
+            self.scheduler_interval,
+            run_dir=run_dir,
+            config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+            hparams=flat_hparams(cfg),
+            ckpt_path=ckpt_path,
+        )
+
 
 def build(cfg: DictConfig) -> Run:
     """Everything a training run needs, from a composed config."""
@@ -124,15 +139,4 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
-    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    return run.trainer.fit(
-        run.model,
-        run.data,
-        run.optimizer,
-        run.scheduler,
-        run.scheduler_interval,
-        run_dir=run_dir,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        hparams=flat_hparams(cfg),
-        ckpt_path=ckpt_path,
-    )
+    return run.fit(cfg, run_dir, ckpt_path=to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
