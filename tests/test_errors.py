@@ -46,6 +46,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         (["dataset.batch_size=abc"], "dataset.batch_size must be a positive integer, got abc"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be an integer >= 0, got -1"),
         (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer >= 0, got ten"),
+        (["trainer.label_smoothing=1"], "trainer.label_smoothing must be in [0, 1), got 1"),
     ],
     ids=[
         "lr=0",
@@ -56,6 +57,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "batch_size=abc",
         "max_epochs<0",
         "max_epochs=ten",
+        "label_smoothing=1",
     ],
 )
 def test_bad_setting_is_one_line_naming_it(tmp_path, overrides, message):

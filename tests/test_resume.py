@@ -19,9 +19,9 @@ from trainlab.run import train
 from trainlab.trainer import Interrupted
 
 # Dropout draws from the RNG and the scheduler has state: both must be restored for the bits to match. The
-# learning rate grows 8x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
+# learning rate grows 16x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
 # must still test the best weights, which it did not compute itself.
-RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=8")
+RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=16")
 QUIET = "trainer.progress=false"
 
 

@@ -102,6 +102,19 @@ def test_reloaded_checkpoint_gives_bitwise_identical_outputs(tmp_path):
         assert torch.equal(model(data.x_test), run.model(run.data.x_test))
 
 
+@pytest.mark.parametrize("dataset", ["digits", "breast_cancer"])
+def test_label_smoothing_caps_confidence_while_evaluation_reports_the_plain_loss(train_run, dataset):
+    """Trained on half-smoothed targets the model stays unsure (its top probability stays below 0.9;
+    without smoothing these runs pass 0.9999), yet test/loss is the plain loss of the best checkpoint."""
+    run_dir, metrics = train_run(f"dataset={dataset}", "trainer.max_epochs=10", "trainer.label_smoothing=0.5")
+    _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
+    with torch.no_grad():
+        outputs = model(data.x_test)
+    assert data.task.probabilities(outputs).max() < 0.9
+    assert metrics["test/acc"] >= 0.9
+    assert metrics["test/loss"] == pytest.approx(data.task.loss(outputs, data.y_test).item(), rel=1e-5)
+
+
 # -- learning-rate schedules ---------------------------------------------------------------------------
 EPOCHS, STEPS = 3, 5  # 3 epochs of 5 optimizer steps; lr is logged after every step
 

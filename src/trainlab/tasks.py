@@ -42,11 +42,14 @@ class Task:
         """The natural quality metric of the task (the default monitor is ``val/`` plus this)."""
         return "acc" if self.is_classification else "mse"
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy, binary cross-entropy or MSE. ``label_smoothing`` mixes the class targets with the
+        uniform distribution (for training: evaluation reports the plain loss); regression ignores it."""
         if self.kind == "multiclass":
-            return F.cross_entropy(outputs, targets)
+            return F.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
         if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets.to(outputs.dtype))
+            soft = targets.to(outputs.dtype) * (1 - label_smoothing) + label_smoothing / 2
+            return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), soft)
         scaled = (targets.to(outputs.dtype) - self.target_mean) / self.target_std
         return F.mse_loss(outputs.squeeze(-1), scaled)
 

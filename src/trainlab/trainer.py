@@ -110,6 +110,8 @@ class Trainer:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         monitor: the tag that defines "best", e.g. ``val/acc``; ``monitor_mode`` is ``max`` or ``min``.
         grad_clip: clip the gradients' total norm to this value (0: off).
+        label_smoothing: train classifiers on targets mixed with the uniform distribution by this much
+            (``train/loss`` includes it; validation and test report the plain cross-entropy).
         accumulate_grad_batches: add up the gradients of this many batches per optimizer step.
         precision: ``32``, ``bf16`` (autocast) or ``16`` (autocast with a gradient scaler, CUDA).
         log_every_n_steps: how often the step loss is read back from the device and logged.
@@ -131,6 +133,7 @@ class Trainer:
         monitor: str = "val/acc",
         monitor_mode: str = "max",
         grad_clip: float = 0.0,
+        label_smoothing: float = 0.0,
         accumulate_grad_batches: int = 1,
         precision: str | int = 32,
         log_every_n_steps: int = 50,
@@ -147,6 +150,8 @@ class Trainer:
             raise ValueError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
+        if not isinstance(label_smoothing, int | float) or not 0 <= label_smoothing < 1:
+            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {label_smoothing}")
         if str(precision) not in ("32", "bf16", "16"):
             raise ValueError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
         self.ddp = _check_strategy(strategy)
@@ -154,6 +159,7 @@ class Trainer:
         self.device = distributed.local_device() if self.ddp and device == "auto" else pick_device(device)
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.grad_clip = grad_clip
+        self.label_smoothing = label_smoothing
         self.accumulate = max(1, accumulate_grad_batches)
         self.precision = str(precision)
         self.log_every_n_steps = max(1, log_every_n_steps)
@@ -289,7 +295,7 @@ class Trainer:
         """Forward and backward on one batch; an optimizer step every ``accumulate`` batches."""
         with self.autocast():
             outputs = self.train_model(x)
-            loss = self.task.loss(outputs, y)
+            loss = self.task.loss(outputs, y, self.label_smoothing)
         self.scaler.scale(loss * self._loss_weight(len(y))).backward()
         metrics.update(outputs, y, loss)
         end_of_epoch = self.batch_in_epoch + 1 == self._limit(self.data.num_batches("train"))
