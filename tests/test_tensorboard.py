@@ -36,7 +36,10 @@ def test_scalars_are_logged_under_their_tags(events, digits_run):
     assert val_acc[metrics["best_epoch"] - 1].value == pytest.approx(metrics["val/acc"])  # float32 in the file
     assert [e.value for e in events.Scalars("test/acc")] == [pytest.approx(metrics["test/acc"])]
     steps = [e.step for e in events.Scalars("train/loss_step")]
-    assert steps == sorted(steps) and steps[-1] <= metrics["global_step"]
+    assert steps == sorted(steps) and steps[-1] == metrics["global_step"]
+    assert [e.step for e in events.Scalars("lr")] == steps
+    per_epoch = metrics["global_step"] // epochs
+    assert set(range(per_epoch, metrics["global_step"] + 1, per_epoch)) <= set(steps)  # every epoch's last step
 
 
 def test_hparams_dashboard_has_the_settings_and_final_metrics(events):

@@ -114,7 +114,8 @@ class Trainer:
             (``train/loss`` includes it; validation and test report the plain cross-entropy).
         accumulate_grad_batches: add up the gradients of this many batches per optimizer step.
         precision: ``32``, ``bf16`` (autocast) or ``16`` (autocast with a gradient scaler, CUDA).
-        log_every_n_steps: how often the step loss is read back from the device and logged.
+        log_every_n_steps: how often the step loss and lr are read back from the device and logged (and at
+            every epoch's last step).
         limit_batches: at most this many batches per split and epoch (for smoke runs); null: all.
         deterministic: make torch choose deterministic algorithms (CPU runs are deterministic anyway).
         num_threads: torch's intra-op threads; null keeps torch's default.
@@ -281,7 +282,10 @@ class Trainer:
                 lr = self.lr  # the rate this step trains with; a per-step scheduler moves it within the step
                 loss = self._train_step(x, y, metrics)
                 self.batch_in_epoch += 1
-                if self.global_step % self.log_every_n_steps == 0 and self._stepped:
+                # every n steps, and at an epoch's last step: a short run still draws its lr schedule
+                if self._stepped and (
+                    self.global_step % self.log_every_n_steps == 0 or self.batch_in_epoch == total
+                ):
                     loss_value = self._check_finite(loss)
                     self._log_scalars({"train/loss_step": loss_value, "lr": lr})
                     bar.set_loss(loss_value)
