@@ -280,30 +280,29 @@ class Trainer:
             bar.advance(self.batch_in_epoch)
             for x, y in self._limited(batches, total - self.batch_in_epoch):
                 lr = self.lr  # the rate this step trains with; a per-step scheduler moves it within the step
-                loss = self._train_step(x, y, metrics)
+                last = self.batch_in_epoch + 1 == total
+                loss = self._train_step(x, y, metrics, last)
                 self.batch_in_epoch += 1
                 # every n steps, and at an epoch's last step: a short run still draws its lr schedule
-                if self._stepped and (
-                    self.global_step % self.log_every_n_steps == 0 or self.batch_in_epoch == total
-                ):
+                if self._stepped and (self.global_step % self.log_every_n_steps == 0 or last):
                     loss_value = self._check_finite(loss)
                     self._log_scalars({"train/loss_step": loss_value, "lr": lr})
                     bar.set_loss(loss_value)
                 bar.advance()
-                if self._stepped and self.batch_in_epoch < total and self._signal_received(at_step=True):
+                if self._stepped and not last and self._signal_received(at_step=True):
                     self._check_finite(loss)  # never replace the last good checkpoint with a diverged one
                     self._save_interrupted()
         return self._compute(metrics)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics: DeferredMetrics) -> torch.Tensor:
-        """Forward and backward on one batch; an optimizer step every ``accumulate`` batches."""
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, metrics: DeferredMetrics, last: bool) -> torch.Tensor:
+        """Forward and backward on one batch; an optimizer step every ``accumulate`` batches and after the
+        epoch's ``last`` one."""
         with self.autocast():
             outputs = self.train_model(x)
             loss = self.task.loss(outputs, y, self.label_smoothing)
         self.scaler.scale(loss * self._loss_weight(len(y))).backward()
         metrics.update(outputs, y, loss)
-        end_of_epoch = self.batch_in_epoch + 1 == self._limit(self.data.num_batches("train"))
-        self._stepped = (self.batch_in_epoch + 1) % self.accumulate == 0 or end_of_epoch
+        self._stepped = (self.batch_in_epoch + 1) % self.accumulate == 0 or last
         if self._stepped:
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
