@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from trainlab.errors import ConfigError
+
 if TYPE_CHECKING:
     from trainlab.trainer import Trainer
 
@@ -36,7 +38,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int | None = None, min_delta: float = 0.0):
         if patience is not None and patience < 1:
-            raise ValueError(f"callbacks.early_stopping.patience must be >= 1 or null, got {patience}")
+            raise ConfigError(f"callbacks.early_stopping.patience must be >= 1 or null, got {patience}")
         self.patience = patience
         self.min_delta = min_delta
         self.best: float | None = None

@@ -22,12 +22,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainlab.errors import CheckpointError
+
 FORMAT = "trainlab/1"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; its message says why and what to do."""
 
 
 def save(state: dict[str, Any], path: Path) -> None:

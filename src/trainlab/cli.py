@@ -13,14 +13,14 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from trainlab.checkpoint import CheckpointError
-from trainlab.dataloader import DataError
-from trainlab.trainer import Interrupted, TrainingError
+from trainlab.errors import TrainlabError
+from trainlab.trainer import Interrupted
 
 log = logging.getLogger("trainlab")
 
-# Errors whose message is the whole story: shown as one line, without a traceback.
-USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, MissingMandatoryValue)
+# Errors whose message is the whole story: shown as one line, without a traceback. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (TrainlabError, MissingMandatoryValue)
 
 
 def print_config(cfg: DictConfig) -> None:

@@ -24,16 +24,13 @@ import torch
 from hydra.utils import to_absolute_path
 
 from trainlab import datacache
+from trainlab.errors import DataError
 from trainlab.tasks import Kind, Task
 
 if TYPE_CHECKING:
     from trainlab.augment import Augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class DataError(RuntimeError):
-    """A problem with the user's data or data settings; its message says what to change."""
 
 
 @dataclass

@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainlab.errors import ConfigError
+
 
 def _activation(name: str) -> nn.Module:
     """An activation by its ``torch.nn`` class name (``ReLU``, ``GELU``, ``Tanh``...)."""
     try:
         return getattr(nn, name)()
     except AttributeError:
-        raise ValueError(f"model.activation={name!r} is not a torch.nn class; try ReLU, GELU or Tanh") from None
+        raise ConfigError(f"model.activation={name!r} is not a torch.nn class; try ReLU, GELU or Tanh") from None
 
 
 class Linear(nn.Sequential):
@@ -76,7 +78,7 @@ class CNN(nn.Sequential):
             ]
             in_channels, height, width = out_channels, height // 2, width // 2
         if height < 1 or width < 1:
-            raise ValueError(f"{len(channels)} pooling blocks are too many for {tuple(input_shape)} images")
+            raise ConfigError(f"{len(channels)} pooling blocks are too many for {tuple(input_shape)} images")
         layers += [
             nn.Flatten(),
             nn.Linear(in_channels * height * width, hidden_size),
@@ -129,13 +131,13 @@ class TorchvisionModel(nn.Module):
         import torchvision
 
         if name not in torchvision.models.list_models(torchvision.models):
-            raise ValueError(f"model.name={name!r} is not a torchvision classification model; e.g. resnet18")
+            raise ConfigError(f"model.name={name!r} is not a torchvision classification model; e.g. resnet18")
         if input_shape[0] not in (1, 3):
-            raise ValueError(f"torchvision models take 1- or 3-channel images, not inputs of shape {input_shape}")
+            raise ConfigError(f"torchvision models take 1- or 3-channel images, not inputs of shape {input_shape}")
         self.net = torchvision.models.get_model(name, weights=None, **(options or {}))
         linear = [n for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]
         if not linear:
-            raise ValueError(f"model.name={name}: no linear classifier head to replace; choose another model")
+            raise ConfigError(f"model.name={name}: no linear classifier head to replace; choose another model")
         head_name = linear[-1]
         if weights:
             self._load_backbone(name, weights, head_name)
@@ -159,17 +161,17 @@ class TorchvisionModel(nn.Module):
             known = torchvision.models.get_model_weights(name).__members__  # IMAGENET1K_V1, DEFAULT...
             key = path.name.rpartition(".")[2]  # ResNet18_Weights.DEFAULT -> DEFAULT
             if key in known:
-                raise ValueError(
+                raise ConfigError(
                     f"model.weights={path.name} names torchvision's pretrained weights, which would be downloaded, "
                     f"and nothing is downloaded here: fetch {known[key].url} elsewhere and pass "
                     "model.weights=<that file>"
                 )
-            raise ValueError(f"model.weights={weights}: no such file; give the path of a saved state dict")
+            raise ConfigError(f"model.weights={weights}: no such file; give the path of a saved state dict")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith(f"{head_name}.")}
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(f"{head_name}.") for k in missing):
-            raise ValueError(
+            raise ConfigError(
                 f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainlab.dataloader import BatchedData
+from trainlab.errors import ConfigError
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     ``lr=0``, which trains nothing, so a non-positive learning rate is refused here, by its setting's name."""
     lr = cfg.optimizer.get("lr", 1.0)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
-        raise ValueError(f"optimizer.lr must be a positive number, got {lr}; e.g. optimizer.lr=1e-3")
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}; e.g. optimizer.lr=1e-3")
     return instantiate(cfg.optimizer)(model.parameters())
 
 
@@ -90,7 +91,7 @@ def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedD
         return None, "epoch"
     interval = spec.pop("interval", "epoch")
     if interval not in ("epoch", "step"):
-        raise ValueError(f"scheduler.interval must be epoch or step, got {interval!r}")
+        raise ConfigError(f"scheduler.interval must be epoch or step, got {interval!r}")
     make = instantiate(spec)
     if interval == "step":
         return make(optimizer, total_steps=trainer.max_epochs * trainer.steps_per_epoch(data)), interval

@@ -11,6 +11,8 @@ import torchmetrics
 from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 
+from trainlab.errors import ConfigError
+
 Kind = Literal["multiclass", "binary", "regression"]
 
 
@@ -23,7 +25,7 @@ class Task:
 
     def __init__(self, kind: Kind, num_classes: int = 0, target_mean: float = 0.0, target_std: float = 1.0):
         if kind not in ("multiclass", "binary", "regression"):
-            raise ValueError(f"unknown task {kind!r}: use multiclass, binary or regression")
+            raise ConfigError(f"unknown task {kind!r}: use multiclass, binary or regression")
         self.kind = kind
         self.num_classes = num_classes
         self.target_mean = target_mean

@@ -25,14 +25,11 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from trainlab import checkpoint, distributed
 from trainlab.callbacks import Callback
 from trainlab.dataloader import TensorData
+from trainlab.errors import ConfigError, TrainingError
 from trainlab.progress import Progress, format_metrics, print_summary
 from trainlab.tasks import DeferredMetrics, Task
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (diverged, misconfigured monitor); the message says why."""
 
 
 class Interrupted(RuntimeError):
@@ -81,14 +78,14 @@ def evaluate(
 def _check_strategy(strategy: str) -> bool:
     """Whether to run DDP. A launch that does not fit the strategy is refused, rather than run as N copies."""
     if strategy not in ("auto", "ddp"):
-        raise ValueError(f"trainer.strategy must be auto or ddp, got {strategy!r}")
+        raise ConfigError(f"trainer.strategy must be auto or ddp, got {strategy!r}")
     if strategy == "ddp" and not distributed.is_distributed():
-        raise ValueError(
+        raise ConfigError(
             "trainer.strategy=ddp needs one process per device, started by torchrun: "
             "torchrun --nproc_per_node=2 train.py trainer.strategy=ddp ..."
         )
     if strategy == "auto" and distributed.is_distributed():
-        raise ValueError(
+        raise ConfigError(
             f"started by torchrun with {distributed.world_size()} processes, but trainer.strategy=auto; "
             "add trainer.strategy=ddp"
         )
@@ -148,13 +145,13 @@ class Trainer:
         callbacks: dict[str, Callback] | None = None,
     ):
         if not isinstance(max_epochs, int) or max_epochs < 0:
-            raise ValueError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
+            raise ConfigError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
         if monitor_mode not in ("min", "max"):
-            raise ValueError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
+            raise ConfigError(f"trainer.monitor_mode must be min or max, got {monitor_mode!r}")
         if not isinstance(label_smoothing, int | float) or not 0 <= label_smoothing < 1:
-            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {label_smoothing}")
         if str(precision) not in ("32", "bf16", "16"):
-            raise ValueError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+            raise ConfigError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
         self.ddp = _check_strategy(strategy)
         self.max_epochs = max_epochs
         self.device = distributed.local_device() if self.ddp and device == "auto" else pick_device(device)

@@ -1,0 +1,23 @@
+"""trainlab's own errors. Their message is the whole story (what is wrong, what to change), so the entry
+points print it as one ``error:`` line without a traceback (``trainlab.cli.run_job``); every other exception
+is a bug and keeps its traceback."""
+
+
+class TrainlabError(Exception):
+    """Base of the errors a user can fix; the message names the setting or file and the fix."""
+
+
+class ConfigError(TrainlabError, ValueError):
+    """A setting with a value trainlab cannot use (``optimizer.lr=0``, ``trainer.precision=8``...)."""
+
+
+class DataError(TrainlabError):
+    """A problem with the user's data or data settings."""
+
+
+class CheckpointError(TrainlabError):
+    """A checkpoint that cannot be used (missing, corrupt, unsafe, or for another model)."""
+
+
+class TrainingError(TrainlabError):
+    """A run that cannot go on (diverged, misconfigured monitor)."""
