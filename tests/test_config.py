@@ -59,7 +59,7 @@ def assert_run_matches_config(run: Run, cfg: DictConfig) -> None:
     else:
         assert run.scheduler is None
     assert isinstance(run.trainer, get_class(cfg.trainer._target_))
-    assert (run.trainer.max_epochs, run.trainer.monitor) == (cfg.trainer.max_epochs, cfg.trainer.monitor)
+    assert (run.trainer.max_epochs, run.trainer.monitor.name) == (cfg.trainer.max_epochs, cfg.trainer.monitor)
     for name, callback in cfg.callbacks.items():
         assert isinstance(run.trainer.callbacks[name], get_class(callback._target_))
 

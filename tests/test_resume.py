@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from trainlab import checkpoint
 from trainlab.dataloader import TensorData
+from trainlab.preemption import Interrupted
 from trainlab.run import train
-from trainlab.trainer import Interrupted
 
 # Dropout draws from the RNG and the scheduler has state: both must be restored for the bits to match. The
 # learning rate grows 16x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it

@@ -1,29 +1,84 @@
-"""Callbacks: small objects the trainer calls at the end of every validated epoch. They read the single
-monitor setting from the trainer, and their state travels in checkpoints so a resumed run continues them."""
+"""Callbacks: small objects the trainer calls at fixed points of a fit, with an explicit context.
+
+A callback sees the run through ``FitContext`` (the model, the data, the monitor, TensorBoard's writer and
+the loop's counters) and the test split through its batches and ``TestOutputs``, computed once by the
+trainer's test pass and gathered from every rank; it never reads the trainer's attributes. Its ``state_dict`` travels in checkpoints, so a
+resumed run continues it.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
+from trainlab.devices import Autocast
 from trainlab.errors import ConfigError
+from trainlab.monitor import Monitor
 
 if TYPE_CHECKING:
-    from trainlab.trainer import Trainer
+    from trainlab.dataloader import BatchedData
+    from trainlab.state import LoopState
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class FitContext:
+    """What callbacks may use of a running fit.
+
+    Attributes:
+        model: the model being trained (on ``data``'s device; not DDP-wrapped).
+        data: the data set (its ``task``, ``class_names``, ``train_batches``, ``untransform``...).
+        monitor: the monitored metric and its mode.
+        writer: TensorBoard's ``SummaryWriter`` of the run (does nothing on ranks other than 0).
+        run_dir: the run's folder.
+        autocast: a factory of the context forward passes run in (mixed precision).
+        loop: the loop's counters (``epoch``, ``global_step``, ``best_score``...); read them, don't set them.
+    """
+
+    model: nn.Module
+    data: BatchedData
+    monitor: Monitor
+    writer: Any
+    run_dir: Path
+    autocast: Autocast
+    loop: LoopState
+    stop_requested: bool = False
+
+    def request_stop(self) -> None:
+        """End the fit after this epoch (its checkpoint is still written, then the test runs)."""
+        self.stop_requested = True
+
+
+@dataclass
+class TestOutputs:
+    """The model's outputs (float) and the targets on the whole test split with the best weights, gathered
+    from every rank, on the CPU."""
+
+    outputs: torch.Tensor
+    targets: torch.Tensor
+
+
 class Callback:
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, context: FitContext) -> None:
         """Called once the model, data and TensorBoard writer are ready, before the first epoch."""
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, context: FitContext, metrics: dict[str, float]) -> None:
         """Called after validation, before the epoch's checkpoint (which saves ``state_dict``), so that a
         resumed run continues exactly; ``metrics`` holds the epoch's values by tag."""
 
-    def on_test_end(self, trainer: Trainer) -> None:
-        """Called after the test split was evaluated with the best weights."""
+    def on_test_batch_end(
+        self, context: FitContext, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor
+    ) -> None:
+        """Called on every rank for each of its test batches (model inputs, targets, float outputs)."""
+
+    def on_test_end(self, context: FitContext, test: TestOutputs) -> None:
+        """Called on every rank after the test split was evaluated with the best weights."""
 
     def state_dict(self) -> dict:
         return {}
@@ -36,7 +91,7 @@ class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved by more than ``min_delta`` for ``patience`` epochs.
     ``patience: null`` turns it off."""
 
-    def __init__(self, patience: int | None = None, min_delta: float = 0.0):
+    def __init__(self, patience: int | None, min_delta: float):
         if patience is not None and patience < 1:
             raise ConfigError(f"callbacks.early_stopping.patience must be >= 1 or null, got {patience}")
         self.patience = patience
@@ -44,23 +99,24 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.wait = 0
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, context: FitContext, metrics: dict[str, float]) -> None:
         if self.patience is None:
             return
-        value = metrics[trainer.monitor]
-        if trainer.is_improvement(value, self.best, self.min_delta):
+        monitor = context.monitor
+        value = monitor.value(metrics)
+        if monitor.is_improvement(value, self.best, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1
         if self.wait >= self.patience:
             log.info(
                 "early stopping: %s has not improved by more than %g for %d epochs (best %.4f)",
-                trainer.monitor,
+                monitor.name,
                 self.min_delta,
                 self.patience,
                 self.best,
             )
-            trainer.should_stop = True
+            context.request_stop()
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait}

@@ -8,6 +8,7 @@ preprocessing, and the fully resolved config as YAML text.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -22,7 +23,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainlab import distributed
 from trainlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "trainlab/1"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
@@ -149,3 +153,39 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RunCheckpoints:
+    """A run's ``checkpoints/`` folder: ``last.ckpt`` after every epoch (and on preemption), ``best.ckpt``
+    whenever the monitored metric improved. Only rank 0 writes and reads; the others get its answers."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = Path(run_dir) / "checkpoints"
+        self.last, self.best = self.folder / "last.ckpt", self.folder / "best.ckpt"
+
+    def write(self, state: dict[str, Any], best: bool = False) -> None:
+        if distributed.is_main():
+            save(state, self.last)
+            if best:
+                save(state, self.best)
+
+    def carry_best_over(self, previous_best: Path, best_epoch: int) -> None:
+        """Copy a resumed run's ``best.ckpt`` into this run, so that the test uses the best epoch even if it
+        came before the resume."""
+        if not best_epoch or previous_best.resolve() == self.best.resolve() or not distributed.is_main():
+            return
+        state = load(previous_best) if previous_best.is_file() else {}
+        if state.get("epoch") != best_epoch:
+            log.warning(
+                "%s is missing or not from the best epoch (%d): the test will use the best checkpoint "
+                "written after resuming, or the final weights",
+                previous_best,
+                best_epoch,
+            )
+            return
+        save(state, self.best)
+
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """The model weights of ``best.ckpt`` on every rank; None if there is none (no epoch trained)."""
+        weights = load(self.best)["model"] if distributed.is_main() and self.best.exists() else None
+        return distributed.from_main_object(weights)  # rank 0's files are rank 0's alone

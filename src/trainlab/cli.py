@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from trainlab.errors import TrainlabError
-from trainlab.trainer import Interrupted
+from trainlab.preemption import Interrupted
 
 log = logging.getLogger("trainlab")
 

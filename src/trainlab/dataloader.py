@@ -153,6 +153,11 @@ class BatchedData:
             "target_std": self.task.target_std,
         }
 
+    def input_spec(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(to_dict=self.state_dict)
+
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std = state["mean"], state["std"]
         self.task.target_mean, self.task.target_std = state["target_mean"], state["target_std"]

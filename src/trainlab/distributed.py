@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from trainlab import resolvers
+from trainlab.errors import ConfigError
 
 
 def launched_by_torchrun() -> bool:
@@ -36,6 +37,24 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def use_ddp(strategy: str) -> bool:
+    """Whether ``trainer.strategy`` asks for DDP. A launch that does not fit the strategy is refused, rather
+    than run as N independent copies."""
+    if strategy not in ("auto", "ddp"):
+        raise ConfigError(f"trainer.strategy must be auto or ddp, got {strategy!r}")
+    if strategy == "ddp" and not is_distributed():
+        raise ConfigError(
+            "trainer.strategy=ddp needs one process per device, started by torchrun: "
+            "torchrun --nproc_per_node=2 train.py trainer.strategy=ddp ..."
+        )
+    if strategy == "auto" and is_distributed():
+        raise ConfigError(
+            f"started by torchrun with {world_size()} processes, but trainer.strategy=auto; "
+            "add trainer.strategy=ddp"
+        )
+    return strategy == "ddp"
 
 
 def local_device() -> torch.device:
@@ -88,3 +107,12 @@ def from_main_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank: ``[obj]`` in a single process."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

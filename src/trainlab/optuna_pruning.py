@@ -10,7 +10,7 @@ import optuna
 from trainlab.callbacks import Callback
 
 if TYPE_CHECKING:
-    from trainlab.trainer import Trainer
+    from trainlab.callbacks import FitContext
 
 
 class OptunaPruning(Callback):
@@ -25,15 +25,16 @@ class OptunaPruning(Callback):
         self.storage, self.study_name, self.trial_number, self.pruner = storage, study_name, trial, pruner
         self._trial: optuna.Trial | None = None
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, context: FitContext, metrics: dict[str, float]) -> None:
         if self.trial_number is None:
             return
         trial = self._connect()
-        value = metrics[trainer.monitor]
-        trial.report(value, step=trainer.epoch)
+        monitor, epoch = context.monitor, context.loop.epoch
+        value = monitor.value(metrics)
+        trial.report(value, step=epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(
-                f"trial {self.trial_number} pruned after epoch {trainer.epoch}: {trainer.monitor}={value:.4g}"
+                f"trial {self.trial_number} pruned after epoch {epoch}: {monitor.name}={value:.4g}"
             )
 
     def _connect(self) -> optuna.Trial:

@@ -15,9 +15,10 @@ from torch import nn
 
 from trainlab import checkpoint
 from trainlab.dataloader import BatchedData, DataError
+from trainlab.devices import pick_device
 from trainlab.progress import format_metrics
 from trainlab.run import build_data_and_model
-from trainlab.trainer import evaluate, pick_device
+from trainlab.trainer import evaluate
 from trainlab.visuals import confusion_matrix_image
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def load_trained(ckpt_path: str | Path, device: torch.device) -> tuple[DictConfi
     state = checkpoint.load(ckpt_path, map_location="cpu")
     cfg = checkpoint.trusted_config(state, ckpt_path)
     data, model = build_data_and_model(cfg)
-    data.load_state_dict(state["data"])
+    data.load_state_dict(state["input_spec"])
     checkpoint.load_weights(model, state, ckpt_path)
     return cfg, data.to(device), model.to(device).eval()
 

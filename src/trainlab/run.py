@@ -17,6 +17,7 @@ from torch import nn
 
 from trainlab.dataloader import BatchedData
 from trainlab.errors import ConfigError
+from trainlab.outputs import flat_hparams
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -96,24 +97,6 @@ def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedD
     if interval == "step":
         return make(optimizer, total_steps=trainer.max_epochs * trainer.steps_per_epoch(data)), interval
     return make(optimizer), interval
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as flat ``group.key: value`` pairs, for TensorBoard's HParams dashboard."""
-    flat = {}
-
-    def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key != "_partial_":
-                    visit(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, bool | int | float | str):
-            flat[prefix] = node
-        elif node is not None:
-            flat[prefix] = str(node)
-
-    visit(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

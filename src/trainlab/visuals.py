@@ -18,10 +18,11 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
-from trainlab.callbacks import Callback
+from trainlab import distributed
+from trainlab.callbacks import Callback, FitContext, TestOutputs
 
 if TYPE_CHECKING:
-    from trainlab.trainer import Trainer
+    from trainlab.dataloader import BatchedData
 
 FONT = ImageFont.load_default(size=11)
 INK, GRID = (40, 40, 40), (200, 200, 200)
@@ -123,33 +124,57 @@ class TensorBoardPictures(Callback):
         num_images: images in the training grid and in the grid of misclassified test images.
     """
 
-    def __init__(self, num_images: int = 32):
+    def __init__(self, num_images: int):
         self.num_images = num_images
+        self._worst: tuple[torch.Tensor, ...] | None = None  # this rank's worst test images so far
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        data = trainer.data
-        if trainer.global_step or len(data.input_shape) != 3:  # resumed (logged already), or not images
+    def on_fit_start(self, context: FitContext) -> None:
+        data = context.data
+        if context.loop.global_step or len(data.input_shape) != 3:  # resumed (logged already), or not images
             return
         x, y = next(iter(data.train_batches(0)))
         x, y = data.untransform(x[: self.num_images]), y[: self.num_images]
-        trainer.writer.add_image("inputs/train", pil_to_tensor(labelled_grid(x, self._names(data, y))), 0)
+        context.writer.add_image("inputs/train", pil_to_tensor(labelled_grid(x, self._names(data, y))), 0)
 
-    def on_test_end(self, trainer: Trainer) -> None:
-        data, task, writer, step = trainer.data, trainer.task, trainer.writer, trainer.global_step
-        outputs, targets, worst = self._test_outputs(trainer)
-        if outputs is None:
+    def on_test_batch_end(
+        self, context: FitContext, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor
+    ) -> None:
+        """Keep the ``num_images`` misclassified test images with the lowest probability of their true class
+        (image classifiers only): (images, true, predicted, probability)."""
+        task = context.data.task
+        if not task.is_classification or len(context.data.input_shape) != 3:
             return
+        outputs, targets = outputs.cpu(), targets.cpu()
+        predicted = task.predict(outputs)
+        wrong = predicted != targets
+        p_true = task.probabilities(outputs).gather(1, targets.view(-1, 1)).squeeze(1)
+        batch = (context.data.untransform(inputs[wrong.to(inputs.device)]).cpu(), targets[wrong], predicted[wrong])
+        self._worst = self._keep_worst([self._worst, (*batch, p_true[wrong])])
+
+    def _keep_worst(self, parts: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...] | None:
+        parts = [part for part in parts if part is not None]
+        if not parts:
+            return None
+        merged = tuple(torch.cat(column) for column in zip(*parts, strict=True))
+        keep = merged[3].argsort()[: self.num_images]
+        return tuple(column[keep] for column in merged)
+
+    def on_test_end(self, context: FitContext, test: TestOutputs) -> None:
+        data, writer, step = context.data, context.writer, context.loop.global_step
+        task = data.task
+        worst = self._keep_worst(distributed.gather(self._worst))  # every rank's, so the worst of all
+        self._worst = None
         if not task.is_classification:
-            picture = scatter_image(targets.float(), task.predict(outputs))
+            picture = scatter_image(test.targets.float(), task.predict(test.outputs))
             writer.add_image("test/predicted_vs_true", pil_to_tensor(picture), step)
             return
         classes = data.class_names
-        picture = confusion_matrix_image(task.predict(outputs), targets, classes)
+        picture = confusion_matrix_image(task.predict(test.outputs), test.targets, classes)
         writer.add_image("test/confusion_matrix", pil_to_tensor(picture), step)
-        probabilities = task.probabilities(outputs)
+        probabilities = task.probabilities(test.outputs)
         for index, name in enumerate(classes):
             tag = "test/pr_curve/" + re.sub(r"[^\w.-]+", "_", name)
-            writer.add_pr_curve(tag, targets == index, probabilities[:, index], step)
+            writer.add_pr_curve(tag, test.targets == index, probabilities[:, index], step)
         if worst is not None and len(worst[0]):
             images, true, predicted, _ = worst
             names = zip(self._names(data, true), self._names(data, predicted), strict=True)
@@ -157,37 +182,5 @@ class TensorBoardPictures(Callback):
             writer.add_image("test/misclassified", pil_to_tensor(labelled_grid(images, captions)), step)
 
     @staticmethod
-    def _names(data, labels: torch.Tensor) -> list[str]:
+    def _names(data: BatchedData, labels: torch.Tensor) -> list[str]:
         return [data.class_names[i] for i in labels.tolist()]
-
-    @torch.no_grad()
-    def _test_outputs(self, trainer: Trainer):
-        """The model's outputs on the test split (as the trainer evaluates it, ``limit_batches`` included),
-        and, for image classifiers, the ``num_images`` misclassified images with the lowest probability of
-        their true class: (images, true, predicted, probability)."""
-        data, task, model = trainer.data, trainer.task, trainer.model
-        model.eval()
-        limit = trainer.limit_batches or data.num_batches("test")
-        images = task.is_classification and len(data.input_shape) == 3
-        outputs, targets, worst = [], [], None
-        for batch, (x, y) in enumerate(data.batches("test")):
-            if batch >= limit:
-                break
-            with trainer.autocast():
-                out = model(x).float()
-            outputs.append(out.cpu())
-            targets.append(y.cpu())
-            if images:
-                worst = self._keep_worst(worst, data.untransform(x).cpu(), y.cpu(), out.cpu(), task)
-        if not outputs:
-            return None, None, None
-        return torch.cat(outputs), torch.cat(targets), worst
-
-    def _keep_worst(self, worst, x, y, outputs, task):
-        predicted = task.predict(outputs)
-        wrong = predicted != y
-        p_true = task.probabilities(outputs).gather(1, y.view(-1, 1)).squeeze(1)
-        batch = (x[wrong], y[wrong], predicted[wrong], p_true[wrong])
-        merged = batch if worst is None else tuple(torch.cat(pair) for pair in zip(worst, batch, strict=True))
-        keep = merged[3].argsort()[: self.num_images]
-        return tuple(part[keep] for part in merged)

@@ -1,0 +1,49 @@
+"""Where and how the arithmetic runs: the device, mixed precision, and torch's process-wide switches."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+import torch
+
+from trainlab.errors import ConfigError
+
+Autocast = Callable[[], contextlib.AbstractContextManager]  # what forward passes run in
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_precision(precision: str | int) -> str:
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+    return str(precision)
+
+
+def autocast(precision: str, device: torch.device) -> Autocast:
+    """A factory of the context that forward passes run in: autocast to bf16/fp16, or nothing for 32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def configure_torch(num_threads: int | None, deterministic: bool) -> None:
+    """torch's process-wide settings: intra-op threads (None: torch's default), deterministic algorithms."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if num_threads:
+        torch.set_num_threads(num_threads)
