@@ -1,5 +1,6 @@
 """The networks: plain ``nn.Module``s. Each takes ``input_shape`` and ``num_outputs`` from the data set, so
-no size is typed twice; everything else comes from ``conf/model/*.yaml``."""
+no size is typed twice; everything else comes from ``conf/model/*.yaml``, the one place that holds the
+defaults."""
 
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ class MLP(nn.Sequential):
         self,
         input_shape: Sequence[int],
         num_outputs: int,
-        hidden_sizes: Sequence[int] = (128,),
-        activation: str = "ReLU",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        dropout: float,
+        batch_norm: bool,
     ):
         layers: list[nn.Module] = [nn.Flatten()]
         width = prod(input_shape)
@@ -63,10 +64,10 @@ class CNN(nn.Sequential):
         self,
         input_shape: Sequence[int],
         num_outputs: int,
-        channels: Sequence[int] = (32, 64),
-        kernel_size: int = 3,
-        hidden_size: int = 128,
-        dropout: float = 0.25,
+        channels: Sequence[int],
+        kernel_size: int,
+        hidden_size: int,
+        dropout: float,
     ):
         in_channels, height, width = input_shape
         layers: list[nn.Module] = []
@@ -122,10 +123,10 @@ class TorchvisionModel(nn.Module):
         self,
         input_shape: Sequence[int],
         num_outputs: int,
-        name: str = "resnet18",
-        weights: str | None = None,
-        freeze_backbone: bool = False,
-        options: dict | None = None,
+        name: str,
+        weights: str | None,
+        freeze_backbone: bool,
+        options: dict | None,
     ):
         super().__init__()
         import torchvision

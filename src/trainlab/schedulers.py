@@ -17,9 +17,9 @@ class WarmupCosine(LRScheduler):
         self,
         optimizer: Optimizer,
         total_steps: int,
-        warmup_fraction: float = 0.1,
-        warmup_start_factor: float = 0.01,
-        min_lr_factor: float = 0.0,
+        warmup_fraction: float,
+        warmup_start_factor: float,
+        min_lr_factor: float,
         last_epoch: int = -1,
     ):
         self.total_steps = max(total_steps, 1)
