@@ -28,6 +28,7 @@ def events(digits_run) -> EventAccumulator:
 def test_scalars_are_logged_under_their_tags(events, digits_run):
     _, metrics = digits_run
     assert set(events.Tags()["scalars"]) >= TAGS
+    assert "epoch" not in events.Tags()["scalars"]  # the step axis says it
 
     epochs = metrics["epochs"]
     for tag in ("train/loss", "val/loss", "val/acc"):
@@ -50,6 +51,19 @@ def test_hparams_dashboard_has_the_settings_and_final_metrics(events):
     metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
     assert {"test/acc", "test/loss", "val/acc"} <= metric_tags
     hparams = session.session_start_info.hparams
-    assert hparams["model._target_"].string_value == "trainlab.model.MLP"
+    assert hparams["model"].string_value == "MLP"  # composed without Hydra's runtime: the class name
+    assert not [key for key in hparams if key.endswith(("_target_", "_partial_")) or key.startswith("paths.")]
     assert hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
     assert hparams["seed"].number_value == 42
+
+
+def test_custom_scalars_put_train_and_val_in_one_chart(events):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    assert "custom_scalars__config__" in events.PluginTagToContent("custom_scalars")
+    [event] = events.Tensors("custom_scalars__config__")  # the plugin reads its layout from this tensor
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["loss"] == ["train/loss", "val/loss"]
+    assert charts["acc"] == ["train/acc", "val/acc"]
+    assert charts["lr"] == ["lr"]

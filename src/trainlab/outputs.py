@@ -37,6 +37,10 @@ class RunOutputs:
             else _NoWriter()
         )
 
+    def write_layout(self, metric_names: list[str]) -> None:
+        """The Custom Scalars charts for a task with these metrics (``acc``, ``f1``; ``mse``...)."""
+        self.writer.add_custom_scalars(custom_scalars_layout(metric_names))
+
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
@@ -56,19 +60,75 @@ class RunOutputs:
         self.writer.close()
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as flat ``group.key: value`` pairs, for TensorBoard's HParams dashboard."""
-    flat = {}
+# Settings shown first in TensorBoard's HParams table: what a reader compares runs by.
+MAIN_SETTINGS = (
+    "model",
+    "dataset",
+    "optimizer",
+    "optimizer.lr",
+    "scheduler",
+    "dataset.batch_size",
+    "trainer.max_epochs",
+    "seed",
+)
+# Settings that cannot matter to a comparison of results (where things run, how they are shown, file paths).
+IGNORED_SETTINGS = (
+    "paths.",
+    "hydra.",
+    "ckpt_path",
+    "debug_errors",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.log_every_n_steps",
+    "trainer.strategy",
+    "dataset.path",
+    "dataset.root",
+    "dataset.download",
+    "dataset.num_workers",
+    "dataset.pin_memory",
+    "dataset.persistent_workers",
+    "callbacks.pictures",
+    "model.weights",
+)
+
+
+def flat_hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """The run's settings as flat ``group.key: value`` pairs for TensorBoard's HParams dashboard: the main
+    settings first, then the rest in name order. A group's class path (``model._target_``) is replaced by the
+    group's option (``model: mlp``, from Hydra's ``choices``; the class name where there are none), and the
+    settings of ``IGNORED_SETTINGS`` are left out."""
+    flat: dict[str, Any] = {}
 
     def visit(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key != "_partial_":
-                    visit(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, bool | int | float | str):
-            flat[prefix] = node
-        elif node is not None:
-            flat[prefix] = str(node)
+                name = f"{prefix}.{key}" if prefix else str(key)
+                if key == "_target_" and prefix and "." not in prefix:
+                    flat[prefix] = (choices or {}).get(prefix) or str(value).rsplit(".", 1)[-1]
+                elif not str(key).startswith("_"):
+                    visit(value, name)
+        elif not prefix.startswith(IGNORED_SETTINGS):
+            flat[prefix] = node if isinstance(node, bool | int | float | str) else str(node)
 
     visit(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    for group, option in (choices or {}).items():  # a group chosen as null or none has no node to visit
+        if group in ("scheduler", "augment") and group not in flat:
+            flat[group] = str(option)
+    main = [key for key in MAIN_SETTINGS if key in flat]
+    return {key: flat[key] for key in [*main, *sorted(set(flat) - set(main))]}
+
+
+def hydra_choices() -> dict[str, str]:
+    """The option chosen in each config group (``model: mlp``), when Hydra runs this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {group: str(option) for group, option in HydraConfig.get().runtime.choices.items() if "/" not in group}
+
+
+def custom_scalars_layout(metric_names: list[str]) -> dict[str, dict[str, list]]:
+    """TensorBoard's Custom Scalars page: train against val in one chart per metric, and the lr."""
+    charts = {name: ["Multiline", [f"train/{name}", f"val/{name}"]] for name in ["loss", *sorted(metric_names)]}
+    return {"train vs val": charts | {"lr": ["Multiline", ["lr"]]}}

@@ -17,7 +17,7 @@ from torch import nn
 
 from trainlab.dataloader import BatchedData
 from trainlab.errors import ConfigError
-from trainlab.outputs import flat_hparams
+from trainlab.outputs import flat_hparams, hydra_choices
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Run:
             self.scheduler_interval,
             run_dir=run_dir,
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-            hparams=flat_hparams(cfg),
+            hparams=flat_hparams(cfg, hydra_choices()),
             ckpt_path=ckpt_path,
         )
 

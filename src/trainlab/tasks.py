@@ -72,6 +72,11 @@ class Task:
             return torch.stack([1 - p, p], dim=-1)
         raise ValueError("a regression task has no class probabilities")
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics besides the loss: ``acc``, ``f1`` for classifiers; ``mse``, ``mae``, ``r2`` else."""
+        return [name.split("/", 1)[1] for name in self.metrics("_") if not name.endswith("/loss")]
+
     def metrics(self, prefix: str) -> torchmetrics.MetricCollection:
         """Epoch-accumulated metrics, keyed like their TensorBoard tags (``val/acc``, ``test/f1``...)."""
         fast = {"validate_args": False}

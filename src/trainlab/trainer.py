@@ -165,6 +165,7 @@ class Trainer:
 
         start = time.perf_counter()
         outputs = RunOutputs(Path(run_dir), purge_step=loop.global_step)
+        outputs.write_layout(data.task.metric_names)
         context = FitContext(model, data, self.monitor, outputs.writer, Path(run_dir), self.autocast, loop)
         try:
             with SignalCatcher() as signals:
@@ -179,7 +180,7 @@ class Trainer:
                     self._step_scheduler_on_epoch(state, epoch_metrics)
                     loop.epoch += 1
                     loop.batch_in_epoch = 0
-                    outputs.log_scalars(epoch_metrics | {"epoch": loop.epoch}, loop.global_step)
+                    outputs.log_scalars(epoch_metrics, loop.global_step)
                     log.info("epoch %d/%d: %s", loop.epoch, self.max_epochs, format_metrics(epoch_metrics))
                     for callback in self.callbacks.values():  # before the checkpoint, which saves their state
                         callback.on_epoch_end(context, epoch_metrics)
