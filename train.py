@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from trainlab.cli import print_config, run_job
     from trainlab.run import train
-    from trainlab.sweeps import limit_threads_of_parallel_jobs
+    from trainlab.sweeps.threads import limit_threads_of_parallel_jobs
 
     limit_threads_of_parallel_jobs(cfg)
     print_config(cfg)

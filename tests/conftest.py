@@ -1,11 +1,13 @@
-"""Shared fixtures: configs composed with hydra.compose (as train.py composes them), shrunk for speed, and a
-helper that runs the real command-line entry points."""
+"""Shared fixtures and helpers: configs composed with hydra.compose (as train.py composes them), shrunk for
+speed; the real command-line entry points; what a run wrote (metrics.json, TensorBoard scalars); small data
+set files in their native formats."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
+import json
 import os
 import pickle
 import runpy
@@ -19,12 +21,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainlab.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+QUIET = "trainer.progress=false"  # for the command line; make_config sets it already
 
 # The tests' models are tiny: on a few shared cores one thread is many times faster than several waiting on
 # each other. Subprocesses inherit the variable.
@@ -77,6 +81,24 @@ def cli_main(script: str, *args: str) -> tuple[int, str]:
     finally:
         sys.argv = argv
     return code, stderr.getvalue()
+
+
+# -- what a run wrote ---------------------------------------------------------------------------------
+def read_metrics(run_dir: Path) -> dict:
+    """The run's final metrics, as train.py wrote them to ``metrics.json``."""
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar the run logged, read back with TensorBoard's own reader: tag -> [(step, value)]."""
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def scalar_values(run_dir: Path, tag: str) -> list[float]:
+    """The values logged under ``tag``, in order."""
+    return [value for _, value in scalars(run_dir)[tag]]
 
 
 @pytest.fixture(scope="session")

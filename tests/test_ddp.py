@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ROOT, cli, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,6 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["model"]
 
 
-def metrics(run_dir) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """A 2-process run in a fresh folder, with the run dir Hydra names itself."""
@@ -58,14 +54,14 @@ def test_ddp_matches_one_process_and_predict(ddp_run, tmp_path):
     ddp_weights, single_weights = weights(ddp_run), weights(single)
     for name, tensor in ddp_weights.items():
         torch.testing.assert_close(tensor, single_weights[name], rtol=0, atol=1e-5)
-    assert metrics(ddp_run)["test/acc"] == pytest.approx(metrics(single)["test/acc"], abs=1e-6)
+    assert read_metrics(ddp_run)["test/acc"] == pytest.approx(read_metrics(single)["test/acc"], abs=1e-6)
 
     out = tmp_path / "predict.json"
     done = cli("predict.py", f"ckpt={ddp_run}/checkpoints/best.ckpt", f"output={out}")
     assert done.returncode == 0, done.stderr
     predicted = json.loads(out.read_text())
     for name in ("test/acc", "test/loss"):
-        assert metrics(ddp_run)[name] == pytest.approx(predicted[name], abs=1e-6)
+        assert read_metrics(ddp_run)[name] == pytest.approx(predicted[name], abs=1e-6)
 
 
 def test_checkpoints_move_between_ddp_and_one_process(ddp_run, tmp_path):
@@ -79,7 +75,7 @@ def test_checkpoints_move_between_ddp_and_one_process(ddp_run, tmp_path):
         f"hydra.run.dir={single}",
     )
     assert done.returncode == 0, done.stderr
-    assert metrics(single)["epochs"] == 3
+    assert read_metrics(single)["epochs"] == 3
     # ...and a one-process checkpoint resumed under DDP
     torchrun(
         *RUN[1:],
@@ -88,8 +84,8 @@ def test_checkpoints_move_between_ddp_and_one_process(ddp_run, tmp_path):
         f"hydra.run.dir={tmp_path / 'ddp'}",
         cwd=tmp_path,
     )
-    assert metrics(tmp_path / "ddp")["epochs"] == 4
-    assert metrics(tmp_path / "ddp")["global_step"] == 4 * metrics(ddp_run)["global_step"] // 2
+    assert read_metrics(tmp_path / "ddp")["epochs"] == 4
+    assert read_metrics(tmp_path / "ddp")["global_step"] == 4 * read_metrics(ddp_run)["global_step"] // 2
 
 
 def test_ddp_strategy_without_torchrun_is_refused(tmp_path):

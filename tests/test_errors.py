@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_main, make_config
+from conftest import QUIET, cli_main, make_config
 from omegaconf import OmegaConf
 
 from trainlab import checkpoint
 from trainlab.run import train
-
-QUIET = "trainer.progress=false"
 
 
 def assert_one_line_error(code: int, stderr: str, message: str) -> None:

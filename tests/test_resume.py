@@ -3,15 +3,13 @@ ends with the same bits as a run that was never stopped, and logs to TensorBoard
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_main, make_config
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import QUIET, cli_main, make_config, read_metrics, scalars
 
 from trainlab import checkpoint
 from trainlab.dataloader import TensorData
@@ -22,7 +20,6 @@ from trainlab.run import train
 # learning rate grows 16x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
 # must still test the best weights, which it did not compute itself.
 RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=16")
-QUIET = "trainer.progress=false"
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -46,15 +43,9 @@ def final_state(run_dir: Path, name: str = "last.ckpt") -> dict:
     return {key: state[key] for key in ("model", "optimizer", "scheduler", "scaler", "rng", "global_step")}
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar the run logged, read back with TensorBoard's own reader: tag -> [(step, value)]."""
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
 def metrics(run_dir: Path) -> dict:
-    values = json.loads((run_dir / "metrics.json").read_text())
+    """metrics.json without the wall time, which differs between runs that are otherwise identical."""
+    values = read_metrics(run_dir)
     values.pop("wall_time_s")
     return values
 

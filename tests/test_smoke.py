@@ -2,14 +2,14 @@
 
 import json
 
-from conftest import cli
+from conftest import cli, read_metrics
 
 
 def test_default_run_reaches_accuracy_and_predict_agrees(tmp_path):
     run_dir = tmp_path / "run"
     done = cli("train.py", f"hydra.run.dir={run_dir}", "trainer.progress=false")
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir)
     assert metrics["test/acc"] >= 0.95
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -1,5 +1,5 @@
 """The lean training step's options keep results right: deferred metrics, fused optimizers, channels-last
-memory and torch.compile. (How fast they are is measured by ``python -m trainlab.bench``, not here.)"""
+memory and torch.compile. (How fast they are is measured by ``python benchmarks/train_speed.py``, not here.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The resolvers conf/train.yaml uses. Importing this module registers them: train.py does before Hydra
-starts, and so does every process that runs sweep jobs (through trainlab.sweeps)."""
+starts, and so does every process that runs sweep jobs (through trainlab.sweeps.summary)."""
 
 from __future__ import annotations
 

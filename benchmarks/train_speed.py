@@ -1,14 +1,18 @@
 """Benchmark: trainlab against a plain PyTorch loop, the textbook torchvision DataLoader loop and PyTorch
 Lightning on MNIST, interleaved and repeated in one process; prints the table and writes docs/benchmarks.md.
 
-    python -m trainlab.bench                                  # MLP and CNN: about 5 minutes on 2 idle cores
-    python -m trainlab.bench --models mlp --repeats 1         # a quick look
-    python -m trainlab.bench --data-dir /data --threads 1     # data elsewhere; one thread on a busy machine
+    python benchmarks/train_speed.py                              # MLP and CNN: about 5 minutes on 2 idle cores
+    python benchmarks/train_speed.py --models mlp --repeats 1     # a quick look
+    python benchmarks/train_speed.py --data-dir /data --threads 1 # data elsewhere; one thread on a busy machine
+
+A development tool, run from the checkout (it times the checkout's train.py); variant (d) needs Lightning,
+``pip install -e ".[bench]"``, and is skipped without it.
 
 Every variant does the same work per epoch: it trains the same network on 54,000 MNIST images in shuffled
 batches of 100 with Adam (lr 1e-3), then evaluates 6,000 validation images (trainlab's default split).
 
-- (a) trainlab: `trainlab.run.train` on a config composed as train.py composes it (checkpoints, TensorBoard)
+- (a) trainlab: `trainlab.run.build` and `Run.fit` on a config composed as train.py composes it (checkpoints,
+  TensorBoard)
 - (a') the same with `trainer.channels_last=true` (the CNN only)
 - (b) plain loop: in-memory normalised tensors, batches by index from `randperm`, `torch.optim.Adam(lr=1e-3)`
 - (c) textbook: torchvision's MNIST with per-sample `ToTensor` and `Normalize`, `DataLoader(batch_size=100,
@@ -44,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +59,12 @@ from torch import nn
 
 from trainlab import datacache
 from trainlab.callbacks import Callback
-from trainlab.dataloader import TensorData
-from trainlab.run import train
+from trainlab.run import build
 
-ROOT = Path(__file__).resolve().parents[2]
+if TYPE_CHECKING:
+    from trainlab.dataloader import TensorData
+
+ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE, EVAL_BATCH_SIZE, LR = 100, 1000, 1e-3
 MODELS = {  # the networks, as conf/model overrides
     "mlp": ["model=mlp", "model.hidden_sizes=[500]", "model.dropout=0.0"],
@@ -120,14 +127,6 @@ class Clock(Callback):
         if len(self.ticks) < 2:
             raise BenchError("need at least 2 epochs for a steady-state epoch time; pass --epochs 2 or more")
         return (self.ticks[-1] - self.ticks[0]) / (len(self.ticks) - 1)
-
-
-CLOCK = Clock()
-
-
-def active_clock() -> Clock:
-    """The clock of the variant running now; trainlab's config names this function as a callback."""
-    return CLOCK
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -204,7 +203,6 @@ def compose_config(
         f"trainer.limit_batches={batches or 'null'}",  # per split: the validation's 24 batches stay whole
         "trainer.progress=false",
         f"trainer.num_threads={threads or 'null'}",
-        "+callbacks.clock._target_=trainlab.bench.active_clock",
         *MODELS[model],
     ]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -212,13 +210,14 @@ def compose_config(
 
 
 def run_trainlab(setup: Setup, clock: Clock, channels_last: bool = False) -> float:
-    """(a): train.py's code path, with the config's checkpoints and TensorBoard logging."""
-    global CLOCK
-    CLOCK = clock
+    """(a): train.py's code path, with the config's checkpoints and TensorBoard logging; ``clock`` is one more
+    of the trainer's callbacks."""
     cfg = setup.cfg.copy()
     cfg.trainer.channels_last = channels_last
+    run = build(cfg)
+    run.trainer.callbacks["clock"] = clock
     with tempfile.TemporaryDirectory(dir=setup.workdir) as run_dir, contextlib.redirect_stderr(io.StringIO()):
-        return train(cfg, run_dir)["val/acc"]  # its summary table goes to the redirected stderr
+        return run.fit(cfg, run_dir)["val/acc"]  # its summary table goes to the redirected stderr
 
 
 def run_trainlab_channels_last(setup: Setup, clock: Clock) -> float:
@@ -394,21 +393,31 @@ def _train_py_startup(data_dir: Path, threads: int | None) -> dict[str, float]:
     return times
 
 
-def decode_and_cache_times(data: TensorData) -> dict[str, float]:
-    """Seconds to decode MNIST with torchvision's reader, and to read trainlab's cache of it instead (best
-    of 3); the cache is memory-mapped, so both are timed until every byte has been read."""
+def decode_and_cache_times(data_dir: Path) -> dict[str, float]:
+    """Seconds to decode MNIST's two splits with torchvision's reader, and to read trainlab's cache of them
+    instead (best of 3; the Setups wrote the cache); the cache is memory-mapped, so both are timed until every
+    byte has been read."""
+    from torchvision import datasets
+
+    def decode() -> dict[str, torch.Tensor]:
+        splits = [datasets.MNIST(str(data_dir), train=train) for train in (True, False)]
+        return {
+            f"{name}_{i}": getattr(split, name) for i, split in enumerate(splits) for name in ("data", "targets")
+        }
+
+    def no_cache() -> dict:
+        raise BenchError(f"no current trainlab cache of {data_dir / 'MNIST'}; run trainlab on it once")
 
     def read_all(load: Callable[[], dict]) -> None:
         for value in load().values():
             if isinstance(value, torch.Tensor):
                 value.clone()  # a copy reads every byte
 
-    folder = data.root / "MNIST"
-    decode, cache = (
-        (lambda: read_all(data._decode)),
-        (lambda: read_all(lambda: datacache.load_or_decode(folder, data._decode))),
-    )
-    return {name: min(_timed(fn) for _ in range(3)) for name, fn in [("decode", decode), ("cache", cache)]}
+    times = {
+        "decode": lambda: read_all(decode),
+        "cache": lambda: read_all(lambda: datacache.load_or_decode(data_dir / "MNIST", no_cache)),
+    }
+    return {name: min(_timed(fn) for _ in range(3)) for name, fn in times.items()}
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -480,6 +489,9 @@ def model_section(
 
 
 def targets(name: str, runs: dict[str, list[Measure]], flops: float, peak: float) -> list[str]:
+    """The issue's speed targets, met or not; they are trainlab's, so none without its variant."""
+    if "trainlab" not in runs:
+        return []
     trainlab = best(runs["trainlab"])
     ratio = trainlab / best(runs["plain"])
     checks = [(f"trainlab <= 1.05x the plain loop (b): {ratio:.2f}x", ratio <= 1.05)]
@@ -495,9 +507,9 @@ def targets(name: str, runs: dict[str, list[Measure]], flops: float, peak: float
     return [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
 
 
-def startup_section(data_dir: Path, threads: int | None, data: TensorData) -> list[str]:
+def startup_section(data_dir: Path, threads: int | None) -> list[str]:
     startup = startup_times(data_dir, threads)
-    cache = decode_and_cache_times(data)
+    cache = decode_and_cache_times(data_dir)
     return [
         "### Start-up: `python train.py dataset=mnist ...` (MLP, data cached; best of 3)",
         "",
@@ -527,7 +539,7 @@ def load_average() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainlab.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/train_speed.py", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds MNIST/raw/"
     )
@@ -542,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m trainlab.bench", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python benchmarks/train_speed.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         report = bench(args, command)
     except BenchError as error:
@@ -567,7 +579,7 @@ def bench(args: argparse.Namespace, command: str) -> str:
     variants = ["plain"] + [v for v in args.variants if v != "plain"]  # (b) is the reference of every ratio
     if "lightning" in variants and importlib.util.find_spec("lightning") is None:
         variants.remove("lightning")
-        print("Lightning is not installed: skipping (d)", file=sys.stderr)
+        print('skipping (d): Lightning is not installed (pip install -e ".[bench]")', file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="lightning")
@@ -613,13 +625,9 @@ def bench(args: argparse.Namespace, command: str) -> str:
             name, setup, {v: runs[name][v] for v in variants if runs[name][v]}, best_parts, peak
         )
     if not args.no_startup:
-        lines += startup_section(data_dir, args.threads, next(iter(setups.values())).data)
+        lines += startup_section(data_dir, args.threads)
     return "\n".join([*lines, NOTES])
 
 
 if __name__ == "__main__":
-    # Run the imported module, not this __main__ copy: the trainlab variant's callback (``active_clock``) is
-    # found by Hydra in ``trainlab.bench``, and must see the clock set there.
-    from trainlab import bench as imported
-
-    sys.exit(imported.main())
+    sys.exit(main())

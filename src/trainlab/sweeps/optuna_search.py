@@ -27,7 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from trainlab.sweeps import first_line
+from trainlab.sweeps.summary import first_line
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Multiruns: the run dirs' names, the results table of a sweep, and the thread budget of parallel jobs.
+"""The results table of a sweep.
 
 ``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml). After every job it writes
 ``job.json`` into the job's run dir and rebuilds ``summary.csv`` and ``summary.md`` in the sweep dir from all
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -195,16 +194,3 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
-
-
-def limit_threads_of_parallel_jobs(cfg: DictConfig) -> None:
-    """Under a launcher that runs ``n_jobs`` jobs at once (``hydra/launcher=joblib``), set each job's
-    ``trainer.num_threads`` to its share of the cores, so that jobs x threads never exceeds them.
-    An explicit ``trainer.num_threads`` is kept."""
-    if cfg.trainer.get("num_threads") is not None or not HydraConfig.initialized():
-        return
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if n_jobs:
-        import joblib
-
-        cfg.trainer.num_threads = max(1, joblib.cpu_count() // joblib.effective_n_jobs(n_jobs))
