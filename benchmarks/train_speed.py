@@ -119,7 +119,7 @@ class Clock(Callback):
     def tick(self) -> None:
         self.ticks.append(time.perf_counter())
 
-    def on_epoch_end(self, trainer, metrics) -> None:
+    def on_epoch_end(self, context, metrics) -> None:
         self.tick()
 
     @property
