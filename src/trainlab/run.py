@@ -17,6 +17,7 @@ from torch import nn
 
 from trainlab.dataloader import BatchedData
 from trainlab.errors import ConfigError
+from trainlab.resume import resumed_config
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,11 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Build the run from ``cfg``, fit it in ``run_dir`` and return its final metrics."""
-    # the files and folders a config names, made absolute so that the config saved in checkpoints works
-    # from any folder (dataset=csv's path, dataset=image_folder's root, model=torchvision's weights)
+def prepare_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """The config a run is built from. The files and folders it names are made absolute, so that the config
+    saved in checkpoints works from any folder (dataset=csv's path, dataset=image_folder's root,
+    model=torchvision's weights). With ``ckpt_path`` it is the checkpoint's own config, with the command line's
+    ``overrides`` that a resumed run may change (``trainlab.resume``)."""
     for node, key in (
         (cfg.paths, "data_dir"),
         (cfg.dataset, "path"),
@@ -128,6 +130,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     ):
         if node.get(key):
             node[key] = to_absolute_path(node[key])
+    return resumed_config(cfg, overrides) if cfg.get("ckpt_path") else cfg
+
+
+def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Prepare ``cfg`` (``prepare_config``), then build the run, fit it in ``run_dir`` and return its final
+    metrics."""
+    return build_and_fit(prepare_config(cfg, overrides), run_dir)
+
+
+def build_and_fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Build the run from a prepared config, fit it in ``run_dir`` and return its final metrics."""
     run = build(cfg)
     params = sum(p.numel() for p in run.model.parameters())
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
@@ -140,4 +153,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
-    return run.fit(cfg, run_dir, ckpt_path=to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if ckpt_path:
+        log.info("this run continues %s in %s (that run is not touched)", Path(ckpt_path).parents[1], run_dir)
+    return run.fit(cfg, run_dir, ckpt_path=ckpt_path)
