@@ -13,12 +13,16 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from trainlab.cli import print_config, run_job
-    from trainlab.run import train
+    from trainlab.run import build_and_fit, prepare_config
     from trainlab.sweeps.threads import limit_threads_of_parallel_jobs
 
-    limit_threads_of_parallel_jobs(cfg)
-    print_config(cfg)
-    metrics = run_job(lambda: train(cfg, HydraConfig.get().runtime.output_dir), cfg.debug_errors)
+    def job() -> dict:
+        run_cfg = prepare_config(cfg, HydraConfig.get().overrides.task)  # with ckpt_path: the checkpoint's
+        limit_threads_of_parallel_jobs(run_cfg)
+        print_config(run_cfg)
+        return build_and_fit(run_cfg, HydraConfig.get().runtime.output_dir)
+
+    metrics = run_job(job, cfg.debug_errors)
     return metrics.get("best_score")  # what sweepers optimise
 
 

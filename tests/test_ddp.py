@@ -65,12 +65,13 @@ def test_ddp_matches_one_process_and_predict(ddp_run, tmp_path):
 
 
 def test_checkpoints_move_between_ddp_and_one_process(ddp_run, tmp_path):
-    # a DDP checkpoint resumed in one process...
+    # a DDP checkpoint resumed in one process (its config says trainer.strategy=ddp)...
     single = tmp_path / "single"
     done = cli(
         "train.py",
         *RUN[1:],
         "trainer.max_epochs=3",
+        "trainer.strategy=auto",
         f"ckpt_path={ddp_run}/checkpoints/last.ckpt",
         f"hydra.run.dir={single}",
     )

@@ -4,11 +4,13 @@ no traceback, and nothing run or destroyed. Covers settings, data, checkpoints a
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, cli_main, make_config
+from conftest import QUIET, ROOT, cli_main, make_config
 from omegaconf import OmegaConf
 
 from trainlab import checkpoint
@@ -161,7 +163,7 @@ def test_bad_checkpoint_for_predict_gets_its_own_message_and_runs_nothing(traine
     assert not payload.exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "evil_torch", "evil_pickle"])
+@pytest.mark.parametrize("kind", ["truncated", "evil_torch", "evil_pickle", "evil_config"])
 def test_bad_checkpoint_to_resume_from_is_refused(trained, tmp_path, kind):
     payload = tmp_path / "payload_ran"
     bad = bad_checkpoints(trained["digits"], tmp_path, payload)[kind]
@@ -170,16 +172,59 @@ def test_bad_checkpoint_to_resume_from_is_refused(trained, tmp_path, kind):
     assert not payload.exists()
 
 
-def test_resume_with_a_different_model_is_refused_and_changes_nothing(trained, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "trained_with"),
+    [
+        ("optimizer=sgd", "optimizer._target_=torch.optim.Adam"),
+        ("model=cnn", "model._target_=trainlab.model.MLP"),
+        ("dataset=wine", "dataset._target_=trainlab.dataloader.Digits"),
+        ("trainer.monitor=val/acc", "trainer.monitor=val/loss"),
+        ("seed=1", "seed=42"),
+        ("experiment=mnist_cnn", None),
+    ],
+)
+def test_resume_with_a_setting_the_saved_state_depends_on_is_refused_and_changes_nothing(
+    trained, tmp_path, override, trained_with
+):
     run_dir = trained["digits"].parent.parent
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
-    code, stderr = cli_main(
-        "train.py", "model=cnn", f"ckpt_path={trained['digits']}", f"hydra.run.dir={tmp_path}", QUIET
-    )
-    assert_one_line_error(
-        code, stderr, "holds weights for a different model than the config builds (Missing key(s)"
-    )
+    code, stderr = cli_main("train.py", override, f"ckpt_path={trained['digits']}", f"hydra.run.dir={tmp_path}")
+    expected = f"the checkpoint was trained with {trained_with}" if trained_with else "it changes several settings"
+    assert_one_line_error(code, stderr, f"cannot resume with {override}: {expected}")
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# A run that resumes into its own run dir with files limited to 300 kB (checkpoints are 630 kB, the others
+# far smaller): the first checkpoint it writes fails as on a full disk. SIGXFSZ ignored (as Python does at
+# start anyway), so that the write fails with EFBIG instead of the signal killing the process.
+LIMITED_FILES = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_checkpoint_write_that_fails_stops_the_run_and_keeps_the_previous_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_config("trainer.max_epochs=1"), run_dir)
+    folder = run_dir / "checkpoints"
+    before = {name: (folder / name).read_bytes() for name in ("last.ckpt", "best.ckpt")}
+    resume = [f"ckpt_path={folder / 'last.ckpt'}", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_FILES, str(ROOT / "train.py"), *resume],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(done.returncode, done.stderr, f"could not write last.ckpt in {folder}: File too large")
+    assert sorted(path.name for path in folder.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
+    for name, data in before.items():
+        assert (folder / name).read_bytes() == data
+        assert checkpoint.load(folder / name)["epoch"] == 1
 
 
 # -- divergence ----------------------------------------------------------------------------------------

@@ -91,6 +91,26 @@ def test_resumed_run_logs_to_tensorboard_as_a_continuation(runs):
     assert len(resumed["val/loss"]) == 2, "epochs 3 and 4"
 
 
+def test_resume_from_the_checkpoint_alone_continues_the_same_run(runs, tmp_path, capfd):
+    """Only ckpt_path and a longer trainer.max_epochs: the dropout and scheduler (today's defaults differ:
+    dropout 0.1, no scheduler) and everything else come from the checkpoint."""
+    last = runs["first_half"] / "checkpoints" / "last.ckpt"
+    code, stderr = cli_main("train.py", f"ckpt_path={last}", "trainer.max_epochs=4", f"hydra.run.dir={tmp_path}")
+    assert code == 0, stderr
+    assert_same_tensors(final_state(runs["straight"]), final_state(tmp_path))
+    assert_same_tensors(final_state(runs["straight"], "best.ckpt"), final_state(tmp_path, "best.ckpt"))
+    assert metrics(tmp_path) == metrics(runs["straight"])
+    assert f"this run continues {runs['first_half']} in {tmp_path}" in capfd.readouterr().out
+
+
+def test_resume_from_a_best_checkpoint_says_where_it_goes_on_from(runs, tmp_path, capfd):
+    best = runs["straight"] / "checkpoints" / "best.ckpt"  # epoch 2 of 4
+    code, stderr = cli_main("train.py", f"ckpt_path={best}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}")
+    assert code == 0, stderr
+    assert "from best.ckpt (epoch 2, step 42), not the last.ckpt of its run" in capfd.readouterr().out
+    assert metrics(tmp_path)["epochs"] == 3
+
+
 def signal_at(epoch: int, batch: int, signum: int):
     """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
     (negative: from the end) of ``epoch``: a signal arriving at a known moment."""

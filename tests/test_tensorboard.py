@@ -51,7 +51,7 @@ def test_hparams_dashboard_has_the_settings_and_final_metrics(events):
     metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
     assert {"test/acc", "test/loss", "val/acc"} <= metric_tags
     hparams = session.session_start_info.hparams
-    assert hparams["model"].string_value == "MLP"  # composed without Hydra's runtime: the class name
+    assert hparams["model"].string_value == "MLP"
     assert not [key for key in hparams if key.endswith(("_target_", "_partial_")) or key.startswith("paths.")]
     assert hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
     assert hparams["seed"].number_value == 42

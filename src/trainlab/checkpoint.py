@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 
 FORMAT = "trainlab/1"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+TRUSTED_TARGETS = ("trainlab.", "torch.optim.", "optuna.pruners.")
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` via a temporary file in the same folder and an atomic rename, so that a
-    crash or ``kill -9`` at any moment leaves either the old file or the new one, never half of one."""
+    crash or ``kill -9`` at any moment leaves either the old file or the new one, never half of one. A write
+    that fails (disk full, file too large) removes the temporary file and raises ``CheckpointError``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,8 +46,15 @@ def save(state: dict[str, Any], path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(error, OSError | RuntimeError) and isinstance(cause, OSError):
+            raise CheckpointError(
+                f"could not write {path.name} in {path.parent}: {cause.strerror or cause}; free space there or "
+                "choose another hydra.run.dir (the checkpoints already there are untouched)"
+            ) from None
         raise
 
 
@@ -105,18 +114,19 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
 
 
 def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
-    """The run config stored in a checkpoint, refused if it names code outside trainlab.
+    """The run config stored in a checkpoint, refused if it names code outside ``TRUSTED_TARGETS``.
 
-    predict.py instantiates the ``_target_`` classes of this config, so a crafted checkpoint with a
-    harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only trainlab's are built.
+    predict.py and a resumed run instantiate the ``_target_`` classes of this config, so a crafted checkpoint
+    with a harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only trainlab's own
+    classes, torch's optimizers and schedulers and optuna's pruners are built.
     """
     cfg = OmegaConf.create(state["config"])
-    for key in ("dataset", "model"):
-        for target in _targets(OmegaConf.to_container(cfg[key])):
-            if not target.startswith("trainlab."):
+    for key, node in OmegaConf.to_container(cfg).items():
+        for target in _targets(node):
+            if not target.startswith(TRUSTED_TARGETS):
                 raise CheckpointError(
-                    f"refused {path}: its config names {key} class {target}, and predict only builds trainlab's "
-                    "own classes from a checkpoint; nothing was run"
+                    f"refused {path}: its config names {key} class {target}, and only trainlab's own classes (and "
+                    "torch's optimizers, optuna's pruners) are built from a checkpoint; nothing was run"
                 )
     return cfg
 

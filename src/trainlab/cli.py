@@ -41,12 +41,8 @@ def _multirun() -> bool:
 
 
 def resume_command(ckpt_path) -> str:
-    """The command line that continues this run from ``ckpt_path``: the same overrides, a new ckpt_path."""
-    from hydra.core.hydra_config import HydraConfig
-
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
-    return shlex.join(["python", os.path.basename(sys.argv[0]), *kept, f"ckpt_path={ckpt_path}"])
+    """The command line that continues this run from ``ckpt_path``: the checkpoint holds its config."""
+    return shlex.join(["python", os.path.basename(sys.argv[0]), f"ckpt_path={ckpt_path}"])
 
 
 def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:

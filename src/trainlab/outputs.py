@@ -93,39 +93,26 @@ IGNORED_SETTINGS = (
 )
 
 
-def flat_hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The run's settings as flat ``group.key: value`` pairs for TensorBoard's HParams dashboard: the main
-    settings first, then the rest in name order. A group's class path (``model._target_``) is replaced by the
-    group's option (``model: mlp``, from Hydra's ``choices``; the class name where there are none), and the
-    settings of ``IGNORED_SETTINGS`` are left out."""
-    flat: dict[str, Any] = {}
+    settings first, then the rest in name order. A group's class path (``model._target_``) becomes the
+    group's value by class name (``model: MLP``; ``scheduler: none`` without one), and the settings of
+    ``IGNORED_SETTINGS`` are left out."""
+    flat: dict[str, Any] = {"scheduler": "none", "augment": "none"}
 
     def visit(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                name = f"{prefix}.{key}" if prefix else str(key)
                 if key == "_target_" and prefix and "." not in prefix:
-                    flat[prefix] = (choices or {}).get(prefix) or str(value).rsplit(".", 1)[-1]
+                    flat[prefix] = str(value).rsplit(".", 1)[-1]
                 elif not str(key).startswith("_"):
-                    visit(value, name)
+                    visit(value, f"{prefix}.{key}" if prefix else str(key))
         elif not prefix.startswith(IGNORED_SETTINGS):
             flat[prefix] = node if isinstance(node, bool | int | float | str) else str(node)
 
     visit(OmegaConf.to_container(cfg, resolve=True), "")
-    for group, option in (choices or {}).items():  # a group chosen as null or none has no node to visit
-        if group in ("scheduler", "augment") and group not in flat:
-            flat[group] = str(option)
     main = [key for key in MAIN_SETTINGS if key in flat]
     return {key: flat[key] for key in [*main, *sorted(set(flat) - set(main))]}
-
-
-def hydra_choices() -> dict[str, str]:
-    """The option chosen in each config group (``model: mlp``), when Hydra runs this job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {group: str(option) for group, option in HydraConfig.get().runtime.choices.items() if "/" not in group}
 
 
 def custom_scalars_layout(metric_names: list[str]) -> dict[str, dict[str, list]]:

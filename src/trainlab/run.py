@@ -17,7 +17,8 @@ from torch import nn
 
 from trainlab.dataloader import BatchedData
 from trainlab.errors import ConfigError
-from trainlab.outputs import flat_hparams, hydra_choices
+from trainlab.outputs import flat_hparams
+from trainlab.resume import resumed_config
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Run:
             self.scheduler_interval,
             run_dir=run_dir,
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-            hparams=flat_hparams(cfg, hydra_choices()),
+            hparams=flat_hparams(cfg),
             ckpt_path=ckpt_path,
         )
 
@@ -99,10 +100,11 @@ def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedD
     return make(optimizer), interval
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Build the run from ``cfg``, fit it in ``run_dir`` and return its final metrics."""
-    # the files and folders a config names, made absolute so that the config saved in checkpoints works
-    # from any folder (dataset=csv's path, dataset=image_folder's root, model=torchvision's weights)
+def prepare_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """The config a run is built from. The files and folders it names are made absolute, so that the config
+    saved in checkpoints works from any folder (dataset=csv's path, dataset=image_folder's root,
+    model=torchvision's weights). With ``ckpt_path`` it is the checkpoint's own config, with the command line's
+    ``overrides`` that a resumed run may change (``trainlab.resume``)."""
     for node, key in (
         (cfg.paths, "data_dir"),
         (cfg.dataset, "path"),
@@ -111,6 +113,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     ):
         if node.get(key):
             node[key] = to_absolute_path(node[key])
+    return resumed_config(cfg, overrides) if cfg.get("ckpt_path") else cfg
+
+
+def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Prepare ``cfg`` (``prepare_config``), then build the run, fit it in ``run_dir`` and return its final
+    metrics."""
+    return build_and_fit(prepare_config(cfg, overrides), run_dir)
+
+
+def build_and_fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Build the run from a prepared config, fit it in ``run_dir`` and return its final metrics."""
     run = build(cfg)
     params = sum(p.numel() for p in run.model.parameters())
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
@@ -123,4 +136,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
-    return run.fit(cfg, run_dir, ckpt_path=to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if ckpt_path:
+        log.info("this run continues %s in %s (that run is not touched)", Path(ckpt_path).parents[1], run_dir)
+    return run.fit(cfg, run_dir, ckpt_path=ckpt_path)

@@ -1,0 +1,152 @@
+"""Resuming a run from its checkpoint alone.
+
+A checkpoint holds the fully resolved config of the run that wrote it, so resuming takes the config from
+there: ``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` continues that run, not one built from
+today's defaults. Settings given with it are applied on top only where they do not change what the saved
+state means (``RESUMABLE``); any other setting that differs from the saved one is refused by name, since the
+saved weights, optimizer state and best score would silently mean something else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab import checkpoint
+from trainlab.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# What a resumed run may change (a key, or a prefix of keys): how long, where and how fast it runs, what it
+# shows and logs, when early stopping gives up, and where its files are (the same data, moved). Everything
+# else (the model, the data set and its split, the optimizer and scheduler, the monitor and its mode, the
+# seed...) is what the saved state was trained with.
+RESUMABLE = (
+    "ckpt_path",
+    "debug_errors",
+    "hydra",
+    "trainer.max_epochs",
+    "trainer.device",
+    "trainer.strategy",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.log_every_n_steps",
+    "trainer.compile",
+    "callbacks.early_stopping.patience",
+    "callbacks.early_stopping.min_delta",
+    "callbacks.pictures",
+    "paths.data_dir",
+    "dataset.path",
+    "dataset.root",
+    "dataset.num_workers",
+)
+
+MISSING = object()  # a key that a config does not have
+
+
+def resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE)
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """The config that continues ``cfg.ckpt_path``: the one saved in the checkpoint, with the settings the
+    user changed taken from ``cfg`` where they are ``RESUMABLE``, and refused (``ConfigError``) otherwise.
+
+    ``overrides`` are the command line's (Hydra's ``overrides.task``): only the settings they name count as
+    changed, since ``cfg`` holds today's defaults for the rest. Without them (a config composed in Python),
+    every setting of ``cfg`` counts: each must be resumable or equal to the saved one.
+    """
+    path = Path(to_absolute_path(cfg.ckpt_path))
+    state = checkpoint.load(path)
+    if not state.get("config"):
+        raise CheckpointError(f"{path} holds no run config to resume with; use a checkpoint written by train.py")
+    resumed = OmegaConf.to_container(checkpoint.trusted_config(state, path))
+    wanted = OmegaConf.to_container(cfg, resolve=True)
+    if overrides is None:
+        changes = [(key, None, False) for key in {**_leaves(wanted), **_leaves(resumed)} if not resumable(key)]
+        changes += [(key, None, False) for key in RESUMABLE]
+    else:
+        changes = [
+            (o.key_or_group.replace("/", "."), o.input_line, o.is_delete())
+            for o in OverridesParser.create().parse_overrides(overrides)
+        ]
+    for key, given, deleted in changes:
+        new, old = _get(wanted, key), _get(resumed, key)
+        if not resumable(key):
+            if new is MISSING and not deleted:  # a group such as experiment= or debug=, setting keys elsewhere
+                raise ConfigError(
+                    f"cannot resume with {given}: it changes several settings, and a resumed run keeps those of its "
+                    "checkpoint; give the ones a resumed run may change (trainer.max_epochs...) one by one"
+                )
+            if new != old:
+                raise _refused(key, given, new, old)
+        elif new is MISSING:
+            _delete(resumed, key)
+        else:
+            _set(resumed, key, new)
+    what = f"{path.name} (epoch {state['epoch']}, step {state['global_step']})"
+    if path.name != "last.ckpt":
+        what += f", not the last.ckpt of its run: training goes on from epoch {state['epoch']}"
+    log.info("resuming from %s with the config saved in it", what)
+    return OmegaConf.create(resumed)
+
+
+def _refused(key: str, given: str | None, new: Any, old: Any) -> ConfigError:
+    """The error naming the setting: ``given`` as the user wrote it, and the first value under ``key`` that
+    differs from the checkpoint's."""
+    new_leaves, old_leaves = _leaves(new, key), _leaves(old, key)
+    first = next(
+        k for k in {**old_leaves, **new_leaves} if new_leaves.get(k, MISSING) != old_leaves.get(k, MISSING)
+    )
+    was = old_leaves.get(first, MISSING)
+    if given is None:
+        given = f"{key}={_show(new)}" if new is not MISSING else f"no {key}"
+    trained = f"{first}={_show(was)}" if was is not MISSING else f"no {first}"
+    return ConfigError(
+        f"cannot resume with {given}: the checkpoint was trained with {trained}, and its saved state depends on "
+        "it; drop the override, or start a new run without ckpt_path"
+    )
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every value in nested dicts (an empty dict, a list or a scalar is a value)."""
+    if node is MISSING:
+        return {}
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    leaves = {}
+    for key, value in node.items():
+        leaves |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    return leaves
+
+
+def _get(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def _set(node: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _delete(node: dict, key: str) -> None:
+    *parents, last = key.split(".")
+    parent = _get(node, ".".join(parents)) if parents else node
+    if isinstance(parent, dict):
+        parent.pop(last, None)
