@@ -20,7 +20,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainlab.run import train
+from trainlab.dataloader import BatchedData
+from trainlab.run import build_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -37,6 +38,11 @@ def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         extra = ["trainer.progress=false"] if config_name == "train" else []
         return compose(config_name, overrides=[*extra, *overrides])
+
+
+def make_data(*overrides: str) -> BatchedData:
+    """The data set of the train config for ``overrides``, set up (loaded, split, fitted) as a run's is."""
+    return build_data(make_config(*overrides))
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
-from hydra.utils import instantiate
+from conftest import make_config, make_data
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainlab.cli import run_job
-from trainlab.csv_table import infer_task
+from trainlab.dataloader.csv_table import infer_task
 from trainlab.predict import load_trained, predict
 from trainlab.run import train
 
@@ -73,7 +72,12 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert metrics["test/acc"] >= 0.85
     _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
     assert data.task.kind == "binary" and data.classes == ["no", "yes"]
-    assert data.categories == {"age": None, "income": None, "colour": ["blue", "green", "red"]}
+    columns = data.input_spec().columns
+    assert [(c["name"], c["type"], c.get("categories")) for c in columns] == [
+        ("age", "number", None),
+        ("income", "number", None),
+        ("colour", "category", ["blue", "green", "red"]),
+    ]
 
     # the training rows, found by their unique income, give the statistics the checkpoint must hold
     rows = read_rows(data_file)
@@ -133,9 +137,8 @@ def test_csv_missing_values_dropped_and_counted(tmp_path, caplog):
     data_file = write_csv(tmp_path / "people.csv")
     rows = read_rows(data_file)
     complete = sum(r["age"] != "" and r["colour"] != "NA" for r in rows)
-    cfg = make_config("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
     with caplog.at_level(logging.INFO):
-        data = instantiate(cfg.dataset)
+        data = make_data("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
     assert sum(data.num_samples(split) for split in ("train", "val", "test")) == complete
     assert f"dropped {len(rows) - complete} of {len(rows)} rows with missing values" in caplog.text
     assert not data.x_train.isnan().any()
@@ -236,14 +239,14 @@ def test_image_folder_trains_and_predicts_its_test_folder(image_run, tmp_path):
 
 def test_image_folder_splits_and_resumable_order(tmp_path):
     root = write_images(tmp_path / "flat", per_class=10)
-    cfg = make_config(
+    data = make_data(
         "dataset=image_folder",
         f"dataset.root={root}",
         "dataset.image_size=16",
         "dataset.batch_size=4",
         "dataset.num_workers=0",
+        "augment=strong",
     )
-    data = instantiate(cfg.dataset, augment=instantiate(make_config("augment=strong").augment, _convert_="object"))
     assert [data.num_samples(s) for s in ("train", "val", "test")] == [
         22,
         2,

@@ -52,9 +52,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from trainlab import datacache
 from trainlab.callbacks import Callback
 from trainlab.dataloader import TensorData
+from trainlab.dataloader import cache as datacache
 from trainlab.run import train
 
 ROOT = Path(__file__).resolve().parents[2]

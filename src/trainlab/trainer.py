@@ -410,7 +410,7 @@ class Trainer:
             ),
             "monitor": self.monitor,
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
-            "data": self.data.state_dict(),
+            "input_spec": self.data.input_spec().to_dict(),
             "rng": checkpoint.rng_states(),
             "config": self.config_yaml,
         }
