@@ -95,8 +95,9 @@ class TensorData(BatchedData):
 
     def setup(self) -> TensorData:
         splits = self.load()
-        self.classes = list(splits.classes) if splits.classes is not None else None
-        self.feature_names = list(splits.feature_names) if splits.feature_names is not None else None
+        # plain str, not numpy's (scikit-learn's names are): they go into the checkpoint's input spec
+        self.classes = [str(c) for c in splits.classes] if splits.classes is not None else None
+        self.feature_names = [str(n) for n in splits.feature_names] if splits.feature_names is not None else None
         x, y = splits.x_train.float(), splits.y_train
         generator = torch.Generator().manual_seed(self.seed)
         if splits.x_test is None:
