@@ -74,7 +74,17 @@ def test_checkpoints_hold_the_state_and_the_resolved_config(digits_run):
     run_dir, metrics = digits_run
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "epoch", "global_step", "best_score", "rng", "input_spec", "config"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "global_step",
+        "best_score",
+        "rng",
+        "input_spec",
+        "config",
+    ):
         assert key in best and key in last
     assert best["epoch"] == metrics["best_epoch"] and last["epoch"] == metrics["epochs"]
     assert last["global_step"] == metrics["global_step"]

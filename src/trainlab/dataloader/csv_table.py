@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from hydra.utils import to_absolute_path
 
-from trainlab.dataloader.inputs import as_text, encode_features, encoded_names, read_table
+from trainlab.dataloader.inputs import all_numbers, as_text, encode_features, encoded_names, read_table
 from trainlab.dataloader.tensors import Splits, TableData
 from trainlab.errors import DataError
 from trainlab.tasks import Kind
@@ -32,11 +32,10 @@ log = logging.getLogger(__name__)
 
 def infer_task(labels: Sequence[str] | pd.Series, max_classes: int) -> Kind:
     """Text, or at most ``max_classes`` distinct integers: classification (binary with 2); else regression."""
-    labels = as_text(pd.Series(labels))
-    numbers = pd.to_numeric(labels, errors="coerce")
-    distinct = labels.nunique()
-    if numbers.isna().any() or ((numbers % 1 == 0).all() and distinct <= max_classes):
-        return "binary" if distinct == 2 else "multiclass"
+    distinct = pd.Series(as_text(pd.Series(labels)).dropna().unique(), dtype=object)
+    numbers = pd.to_numeric(distinct, errors="coerce")
+    if numbers.isna().any() or ((numbers % 1 == 0).all() and len(distinct) <= max_classes):
+        return "binary" if len(distinct) == 2 else "multiclass"
     return "regression"
 
 
@@ -118,7 +117,7 @@ class CSVTable(TableData):
         column, or one named in ``categorical``)."""
         if name in self.categorical or not pd.api.types.is_numeric_dtype(values) or values.dtype == bool:
             text = as_text(values, self.na_values)
-            if name in self.categorical or pd.to_numeric(text, errors="coerce").count() < text.count():
+            if name in self.categorical or not all_numbers(text):
                 return {"name": name, "type": "category", "categories": sorted(text.dropna().unique())}
         return {"name": name, "type": "number"}
 

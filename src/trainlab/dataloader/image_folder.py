@@ -119,7 +119,7 @@ class ImageFolderData(BatchedData):
         if len(self.classes) < 2:
             raise DataError(f"{train.root} has {len(self.classes)} class folder; classification needs at least 2")
         generator = torch.Generator().manual_seed(self.seed)
-        kept, targets = torch.arange(len(train)), torch.tensor(train.targets)
+        kept = torch.arange(len(train))
         self.subsets: dict[str, Dataset] = {}
         for name, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
             if name in folders:
@@ -130,7 +130,7 @@ class ImageFolderData(BatchedData):
                         f"have {self.classes}; give every split the same class folders"
                     )
             else:
-                kept, targets, held, _ = split(kept, targets, fraction, generator)
+                kept, held = split(kept, fraction, generator)
                 self.subsets[name] = Subset(train, held.tolist())
         self.subsets["train"] = Subset(train, kept.tolist())
         self.task = Task("multiclass", num_classes=len(self.classes))

@@ -46,12 +46,11 @@ class Splits:
     kind: Kind | None = None
 
 
-def split(x, y, fraction: float, generator: torch.Generator):
-    """Seeded split into (x_keep, y_keep, x_held_out, y_held_out), ``fraction`` of the rows held out."""
-    order = torch.randperm(len(y), generator=generator)
-    n_held = round(len(y) * fraction)
-    keep, held = order[n_held:], order[:n_held]
-    return x[keep], y[keep], x[held], y[held]
+def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of sample indices into (kept, held out), ``fraction`` of them held out."""
+    order = torch.randperm(len(index), generator=generator)
+    n_held = round(len(index) * fraction)
+    return index[order[n_held:]], index[order[:n_held]]
 
 
 def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
@@ -100,12 +99,14 @@ class TensorData(BatchedData):
         self.feature_names = [str(n) for n in splits.feature_names] if splits.feature_names is not None else None
         x, y = splits.x_train.float(), splits.y_train
         generator = torch.Generator().manual_seed(self.seed)
+        kept = torch.arange(len(y))
         if splits.x_test is None:
-            x, y, x_test, y_test = split(x, y, self.test_fraction, generator)
+            kept, test = split(kept, self.test_fraction, generator)
+            self.x_test, self.y_test = x[test], y[test]
         else:
-            x_test, y_test = splits.x_test.float(), splits.y_test
-        self.x_train, self.y_train, self.x_val, self.y_val = split(x, y, self.val_fraction, generator)
-        self.x_test, self.y_test = x_test, y_test
+            self.x_test, self.y_test = splits.x_test.float(), splits.y_test
+        train, val = split(kept, self.val_fraction, generator)  # indices into x: each sample copied once
+        self.x_train, self.y_train, self.x_val, self.y_val = x[train], y[train], x[val], y[val]
 
         self.input_shape = tuple(self.x_train.shape[1:])
         self.fit_preprocessing(splits)

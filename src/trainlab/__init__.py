@@ -1,0 +1,1 @@
+"""trainlab: config-driven PyTorch experiments (see README.md and docs/design.md)."""
