@@ -3,12 +3,13 @@ alone reproduces the data set's preprocessing, and that every checkpoint holds."
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import make_data, write_csv, write_images
 
 from trainlab.dataloader import InputSpec
-from trainlab.dataloader.inputs import encode_features
+from trainlab.dataloader.inputs import encode_features, encode_rows
 
 
 def own_data(kind: str, folder) -> list[str]:
@@ -59,6 +60,7 @@ def test_table_rows_encode_alike_from_json_dicts_and_from_a_frame(tmp_path):
     ]
     x, incomplete = encode_features(rows, spec.columns, spec.na_values)
     assert incomplete.tolist() == [False, True, False]
+    assert torch.equal(encode_rows(spec, pd.DataFrame(rows[::-1])), x.flip(0))  # a frame, rows reversed
     model_inputs = spec.normalize(x)
     mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
     expected = torch.tensor(

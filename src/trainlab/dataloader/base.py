@@ -54,7 +54,21 @@ class BatchedData:
 
     def input_spec(self) -> InputSpec:
         """What inference needs about the inputs, as plain data (stored in checkpoints)."""
-        raise NotImplementedError
+        return InputSpec(
+            task=self.task.kind,
+            num_classes=self.task.num_classes,
+            classes=self.classes,
+            input_shape=list(self.input_shape),
+            mean=self.mean.flatten().tolist(),
+            std=self.std.flatten().tolist(),
+            target_mean=self.task.target_mean,
+            target_std=self.task.target_std,
+            **self.input_fields(),
+        )
+
+    def input_fields(self) -> dict:
+        """The kind-specific fields of ``input_spec``: images here; tables add their columns."""
+        return {"kind": "image"}
 
     @property
     def num_outputs(self) -> int:
@@ -125,15 +139,3 @@ class BatchedData:
         seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + batch) % 2**63
         generator = torch.Generator(raw.device).manual_seed(seed)
         return self.augment(raw, generator)
-
-    def _image_spec(self) -> InputSpec:
-        """The spec of a multiclass image data set (the table data sets make their own)."""
-        return InputSpec(
-            task=self.task.kind,
-            num_classes=self.task.num_classes,
-            classes=self.classes,
-            input_shape=list(self.input_shape),
-            kind="image",
-            mean=self.mean.flatten().tolist(),
-            std=self.std.flatten().tolist(),
-        )

@@ -100,15 +100,11 @@ class LinearData(TableData):
 
     def __init__(self, *, num_samples: int, weight: float, bias: float, noise: float, x_range: float, **settings):
         super().__init__(task="regression", **settings)
-        self.num_samples_setting = num_samples
+        self.size = num_samples
         self.weight, self.bias, self.noise, self.x_range = weight, bias, noise, x_range
 
     def load(self) -> Splits:
         generator = torch.Generator().manual_seed(self.seed)
-        x = (torch.rand(self.num_samples_setting, 1, generator=generator) * 2 - 1) * self.x_range
-        y = (
-            self.weight * x[:, 0]
-            + self.bias
-            + self.noise * torch.randn(self.num_samples_setting, generator=generator)
-        )
+        x = (torch.rand(self.size, 1, generator=generator) * 2 - 1) * self.x_range
+        y = self.weight * x[:, 0] + self.bias + self.noise * torch.randn(self.size, generator=generator)
         return Splits(x, y, feature_names=["x"])

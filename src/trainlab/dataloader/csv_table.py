@@ -108,7 +108,7 @@ class CSVTable(TableData):
         columns = [self._column(name, frame[name]) for name in features]
         x, incomplete = encode_features(frame, columns, self.na_values, str(self.path))
         x, labels = self._handle_missing(x, labels, incomplete, len(frame))
-        kind = self.kind or infer_task(labels, self.max_classes)
+        kind = self.task_kind or infer_task(labels, self.max_classes)
         y, classes = self._targets(labels, kind)
         return Splits(x, y, classes=classes, feature_names=encoded_names(columns), columns=columns, kind=kind)
 

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from trainlab.dataloader.base import Batch, BatchedData
 from trainlab.dataloader.inputs import read_class_folders
-from trainlab.dataloader.spec import InputSpec
 from trainlab.dataloader.tensors import check_fractions, split
 from trainlab.errors import DataError
 from trainlab.tasks import Task
@@ -104,9 +103,6 @@ class ImageFolderData(BatchedData):
         if len(values) != self.input_shape[0]:
             raise DataError(f"dataset.{name} has {len(values)} values for {self.input_shape[0]}-channel images")
         return torch.tensor(list(values), dtype=torch.float32).view(-1, 1, 1)
-
-    def input_spec(self) -> InputSpec:
-        return self._image_spec()
 
     # -- the splits ----------------------------------------------------------------------------------
     def setup(self) -> ImageFolderData:

@@ -231,6 +231,14 @@ def encode_features(
     return torch.from_numpy(np.concatenate(blocks, axis=1)), incomplete
 
 
+def encode_rows(
+    spec: InputSpec, rows: pd.DataFrame | Sequence[dict[str, Any]], source: str = "the rows"
+) -> torch.Tensor:
+    """Table rows (a DataFrame, or JSON-like dicts as a server receives them) to raw inputs for
+    ``spec.normalize``."""
+    return encode_features(rows, spec.columns, spec.na_values, source, spec.target)[0]
+
+
 def encoded_names(columns: Sequence[dict[str, Any]]) -> list[str]:
     """The names of the features ``encode_features`` makes: ``age``, and ``colour=red`` for one-hot ones."""
     return [
@@ -254,7 +262,7 @@ def check_columns(frame: pd.DataFrame, columns: Sequence[dict[str, Any]], source
         return
     if len(absent) < len(names) or any(c["type"] != "number" for c in columns):
         raise DataError(
-            f"{source} lacks the feature column(s) {', '.join(absent)}; its columns are {_list(frame)}"
+            f"{source} lacks the feature column(s) {', '.join(absent)}; its columns are {', '.join(map(str, frame.columns))}"
         )
     others = [c for c in frame.columns if c != target]
     if len(others) != len(names):
@@ -263,10 +271,6 @@ def check_columns(frame: pd.DataFrame, columns: Sequence[dict[str, Any]], source
             f"{len(names)} ({', '.join(names)})"
         )
     frame.rename(columns=dict(zip(others, names, strict=True)), inplace=True)
-
-
-def _list(frame: pd.DataFrame) -> str:
-    return ", ".join(map(str, frame.columns))
 
 
 def encode_targets(spec: InputSpec, frame: pd.DataFrame, source: str) -> torch.Tensor | None:

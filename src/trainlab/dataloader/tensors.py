@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainlab.dataloader.base import Batch, BatchedData
-from trainlab.dataloader.spec import InputSpec
 from trainlab.errors import DataError
 from trainlab.tasks import Kind, Task
 
@@ -86,7 +85,7 @@ class TensorData(BatchedData):
     ):
         super().__init__(batch_size, seed, augment)
         check_fractions(val_fraction, test_fraction)
-        self.kind, self.val_fraction, self.test_fraction = task, val_fraction, test_fraction
+        self.task_kind, self.val_fraction, self.test_fraction = task, val_fraction, test_fraction
         self.normalize = normalize
 
     def load(self) -> Splits:
@@ -111,7 +110,7 @@ class TensorData(BatchedData):
         self.input_shape = tuple(self.x_train.shape[1:])
         self.fit_preprocessing(splits)
         self.x_train, self.x_val, self.x_test = map(self.transform, (self.x_train, self.x_val, self.x_test))
-        self.task = self.make_task(splits.kind or self.kind)
+        self.task = self.make_task(splits.kind or self.task_kind)
         return self
 
     def fit_preprocessing(self, splits: Splits) -> None:
@@ -190,9 +189,6 @@ class ImageData(TensorData):
         self.mean = torch.as_tensor(mean).float().reshape(shape)
         self.std = torch.as_tensor(std).float().reshape(shape)
 
-    def input_spec(self) -> InputSpec:
-        return self._image_spec()
-
 
 class TableData(TensorData):
     """Rows of features (N, F): numbers standardised with training-split statistics, one-hot features kept
@@ -233,24 +229,16 @@ class TableData(TensorData):
             return Task(kind, target_mean=y.mean().item(), target_std=max(y.std().item(), 1e-6))
         return Task(kind)
 
-    def input_spec(self) -> InputSpec:
+    def input_fields(self) -> dict:
         fill = iter(self.fill.tolist())
         columns = []
         for column in self.columns:  # the fill of a number column is its feature's; one-hot ones skip theirs
             fills = [next(fill) for _ in column.get("categories", [None])]
             columns.append({**column, "fill": fills[0]} if column["type"] == "number" else dict(column))
-        return InputSpec(
-            task=self.task.kind,
-            num_classes=self.task.num_classes,
-            classes=self.classes,
-            input_shape=list(self.input_shape),
-            kind="table",
-            mean=self.mean.tolist(),
-            std=self.std.tolist(),
-            target_mean=self.task.target_mean,
-            target_std=self.task.target_std,
-            target=self.target,
-            columns=columns,
-            feature_names=self.feature_names,
-            na_values=self.na_values,
-        )
+        return {
+            "kind": "table",
+            "target": self.target,
+            "columns": columns,
+            "feature_names": self.feature_names,
+            "na_values": self.na_values,
+        }
