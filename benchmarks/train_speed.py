@@ -57,9 +57,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from trainlab import datacache
 from trainlab.callbacks import Callback
-from trainlab.run import build
+from trainlab.dataloader import cache as datacache
+from trainlab.run import build, build_data
 
 if TYPE_CHECKING:
     from trainlab.dataloader import TensorData
@@ -590,7 +590,7 @@ def bench(args: argparse.Namespace, command: str) -> str:
     for name in args.models:
         batches = (args.cnn_batches or None) if name == "cnn" else None
         cfg = compose_config(name, data_dir, args.epochs, batches, args.threads)
-        setups[name] = Setup(cfg, instantiate(cfg.dataset), args.epochs, batches, workdir)
+        setups[name] = Setup(cfg, build_data(cfg), args.epochs, batches, workdir)
     runs: dict[str, dict[str, list[Measure]]] = {name: defaultdict(list) for name in setups}
     parts: dict[str, list[dict[str, float]]] = defaultdict(list)
     peaks = []

@@ -5,6 +5,7 @@ set files in their native formats."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -21,9 +22,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainlab.run import train
+from trainlab.dataloader import BatchedData
+from trainlab.run import build_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -41,6 +44,11 @@ def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         extra = ["trainer.progress=false"] if config_name == "train" else []
         return compose(config_name, overrides=[*extra, *overrides])
+
+
+def make_data(*overrides: str) -> BatchedData:
+    """The data set of the train config for ``overrides``, set up (loaded, split, fitted) as a run's is."""
+    return build_data(make_config(*overrides))
 
 
 @pytest.fixture
@@ -175,3 +183,46 @@ def image_data_dir(tmp_path, monkeypatch) -> Path:
     _, md5s = write_cifar10(tmp_path)
     accept_cifar10_checksums(monkeypatch, md5s)
     return tmp_path
+
+
+# -- a user's own data ----------------------------------------------------------------------------------
+def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """Numeric ``age`` (10% missing), numeric ``income`` (unique, 20 + 0.2 k), text ``colour`` (8% missing)
+    and a ``label`` (yes/no) that depends on income and colour."""
+    rng = np.random.default_rng(seed)
+    income = 20 + 0.2 * rng.permutation(n)
+    age = rng.normal(40, 12, n).round(1)
+    colour = rng.choice(["red", "green", "blue"], n)
+    shift = {"red": 2.0, "green": 0.0, "blue": -2.0}
+    label = [0.2 * (i - 50) + shift[c] + rng.normal(0, 0.5) > 0 for i, c in zip(income, colour, strict=True)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["age", "income", "colour", "label"])
+        for i in range(n):
+            writer.writerow(
+                [
+                    "" if rng.random() < 0.1 else age[i],
+                    f"{income[i]:.1f}",
+                    "NA" if rng.random() < 0.08 else colour[i],
+                    "yes" if label[i] else "no",
+                ]
+            )
+    return path
+
+
+CLASSES = ("diagonal", "horizontal", "vertical")
+
+
+def write_images(root: Path, per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """Striped PNGs in one folder per stripe direction, random colours, period, phase and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for name in CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        coordinate = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}[name]
+        for i in range(per_class):
+            stripes = np.sin(2 * np.pi * coordinate / rng.uniform(4, 7) + rng.uniform(0, 6.3)) > 0
+            image = np.where(stripes[..., None], rng.uniform(0, 255, 3), rng.uniform(0, 255, 3))
+            image += rng.normal(0, 15, (size, size, 3))
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

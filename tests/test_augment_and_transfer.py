@@ -60,7 +60,7 @@ def mobilenet_weights(tmp_path_factory):
 def test_torchvision_model_loads_local_weights_and_freezes_the_backbone(mobilenet_weights):
     saved = torch.load(mobilenet_weights, weights_only=True)
     model = TorchvisionModel(
-        [3, 32, 32], 4, name="mobilenet_v3_small", weights=str(mobilenet_weights), freeze_backbone=True
+        [3, 32, 32], 4, name="mobilenet_v3_small", weights=str(mobilenet_weights), freeze_backbone=True, options={}
     )
     assert torch.equal(model.net.features[0][0].weight, saved["features.0.0.weight"])
     assert model.head.out_features == 4 and model.net.classifier[-1] is model.head
@@ -95,4 +95,6 @@ def test_frozen_backbone_training_changes_the_head_only(mobilenet_weights, tmp_p
 
 def test_pretrained_weights_by_name_explain_that_nothing_is_downloaded():
     with pytest.raises(ValueError, match=r"nothing is downloaded.*resnet18-f37072fd\.pth"):
-        TorchvisionModel([3, 32, 32], 2, name="resnet18", weights="IMAGENET1K_V1")
+        TorchvisionModel(
+            [3, 32, 32], 2, name="resnet18", weights="IMAGENET1K_V1", freeze_backbone=False, options={}
+        )

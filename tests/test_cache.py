@@ -4,34 +4,22 @@ raw files change. Small MNIST-format files are written here and read by torchvis
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
 import torch
+from conftest import make_data, write_mnist
 
-from trainlab import datacache
-from trainlab.dataloader import DataError, TorchvisionImages
+from trainlab.dataloader import DataError, TorchvisionImages, cache
 
-FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 20),
-}
-
-
-def write_mnist(root, seed: int = 0) -> None:
-    """IDX files as torchvision's MNIST reads them: big-endian magic and sizes, then uint8 data."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(seed)
-    for images_name, labels_name, n in FILES.values():
-        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
-        labels = torch.arange(n, dtype=torch.uint8) % 10
-        (raw / images_name).write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.numpy().tobytes())
-        (raw / labels_name).write_bytes(struct.pack(">II", 0x801, n) + labels.numpy().tobytes())
+TRAIN_IMAGES = "train-images-idx3-ubyte"
 
 
 def load(root) -> TorchvisionImages:
-    return TorchvisionImages(name="MNIST", root=str(root), download=False, batch_size=16, seed=0)
+    return make_data("dataset=mnist", f"paths.data_dir={root}", "dataset.download=false", "dataset.batch_size=16")
+
+
+def write(root, seed: int = 0) -> None:
+    write_mnist(root, n_train=60, n_test=20, seed=seed)
 
 
 def splits(data: TorchvisionImages) -> list[torch.Tensor]:
@@ -51,14 +39,14 @@ def overwrite_keeping_stamp(path, data: bytes) -> None:
 
 
 def test_cache_is_written_then_used_and_gives_identical_tensors(tmp_path, caplog):
-    write_mnist(tmp_path)
-    caplog.set_level("INFO", logger="trainlab.datacache")
+    write(tmp_path)
+    caplog.set_level("INFO", logger="trainlab.dataloader.cache")
     first = load(tmp_path)
-    cache = tmp_path / "MNIST" / datacache.CACHE_NAME
-    assert cache.is_file() and "cached it in" in caplog.text
+    cache_file = tmp_path / "MNIST" / cache.CACHE_NAME
+    assert cache_file.is_file() and "cached it in" in caplog.text
 
     # Zero the pixels in place: a run that decoded the raw files again would see black images.
-    images = tmp_path / "MNIST" / "raw" / FILES["train"][0]
+    images = tmp_path / "MNIST" / "raw" / TRAIN_IMAGES
     header = images.read_bytes()[:16]
     overwrite_keeping_stamp(images, header + bytes(60 * 28 * 28))
     caplog.clear()
@@ -69,20 +57,20 @@ def test_cache_is_written_then_used_and_gives_identical_tensors(tmp_path, caplog
 
 
 def test_changed_raw_files_are_decoded_again(tmp_path):
-    write_mnist(tmp_path, seed=0)
+    write(tmp_path, seed=0)
     first = load(tmp_path)
     (tmp_path / "MNIST").rename(tmp_path / "old")
-    write_mnist(tmp_path, seed=1)  # new files: other sizes would also do; here only the contents and times
-    (tmp_path / "old" / datacache.CACHE_NAME).rename(tmp_path / "MNIST" / datacache.CACHE_NAME)
+    write(tmp_path, seed=1)  # new files: other sizes would also do; here only the contents and times
+    (tmp_path / "old" / cache.CACHE_NAME).rename(tmp_path / "MNIST" / cache.CACHE_NAME)
     second = load(tmp_path)
     assert not torch.equal(first.x_train, second.x_train)
-    reference = datacache.fingerprint(tmp_path / "MNIST")
-    assert torch.load(tmp_path / "MNIST" / datacache.CACHE_NAME, weights_only=True)["fingerprint"] == reference
+    reference = cache.fingerprint(tmp_path / "MNIST")
+    assert torch.load(tmp_path / "MNIST" / cache.CACHE_NAME, weights_only=True)["fingerprint"] == reference
 
 
 def test_read_only_data_folder_is_left_alone(tmp_path, monkeypatch):
     data_root, user_cache = tmp_path / "shared", tmp_path / "user-cache"
-    write_mnist(data_root)
+    write(data_root)
     monkeypatch.setenv("XDG_CACHE_HOME", str(user_cache))
     folders = [data_root / "MNIST", data_root / "MNIST" / "raw"]
     for folder in folders:
@@ -92,7 +80,7 @@ def test_read_only_data_folder_is_left_alone(tmp_path, monkeypatch):
     finally:
         for folder in folders:
             folder.chmod(0o755)
-    assert not (data_root / "MNIST" / datacache.CACHE_NAME).exists()
+    assert not (data_root / "MNIST" / cache.CACHE_NAME).exists()
     assert len(list((user_cache / "trainlab").glob("MNIST-*.pt"))) == 1
     assert_same(first, second)
 

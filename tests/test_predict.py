@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import sklearn.datasets
-from conftest import cli_main, make_config
+import torch
+from conftest import cli_main, make_config, write_mnist
 from PIL import Image
 
 from trainlab.dataloader import DataError
@@ -150,3 +151,40 @@ def test_inputs_of_the_wrong_kind_are_user_errors(digits_run, table_runs, tmp_pa
         with pytest.raises(DataError, match=complaint) as error:
             run_predict(f"ckpt={ckpt}", f"input={source}", f"output={tmp_path / 'out.csv'}")
         assert "\n" not in str(error.value)
+
+
+def test_predict_on_images_needs_only_the_checkpoint(tmp_path, monkeypatch):
+    """MNIST-style files: predictions on PNGs of test digits equal the model's outputs on the test split,
+    and stay the same once the training data is gone; evaluating the test split then says what it needs."""
+    import torchvision
+
+    data_dir = tmp_path / "data"
+    arrays = write_mnist(data_dir, n_train=60, n_test=10)
+    run_dir = tmp_path / "run"
+    train(make_config("model=mlp", "dataset=mnist", f"paths.data_dir={data_dir}", "trainer.max_epochs=1"), run_dir)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    _, data, model = load_trained(ckpt, "cpu")
+    with torch.no_grad():
+        expected = data.task.probabilities(model(data.x_test[:5]))  # the official test split, in file order
+    pictures = tmp_path / "digits"
+    pictures.mkdir()
+    for i, pixels in enumerate(arrays["test_images"][:5]):
+        Image.fromarray(pixels, mode="L").save(pictures / f"{i}.png")
+
+    def probabilities(output) -> np.ndarray:
+        run_predict(f"ckpt={ckpt}", f"input={pictures}", f"output={output}")
+        return np.array([[float(row[f"prob_{c}"]) for c in data.classes] for row in read_csv(output)])
+
+    with_data = probabilities(tmp_path / "with_data.csv")
+    assert with_data == pytest.approx(expected.numpy(), abs=1e-5)
+    data_dir.rename(tmp_path / "moved")
+    without_data = probabilities(tmp_path / "without_data.csv")
+    assert without_data == pytest.approx(with_data, abs=1e-5)
+    assert [r["label"] for r in read_csv(tmp_path / "without_data.csv")] == [
+        r["label"] for r in read_csv(tmp_path / "with_data.csv")
+    ]
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # no download either
+    with pytest.raises(DataError, match="evaluating the test split rebuilds the training data set") as error:
+        run_predict(f"ckpt={ckpt}")
+    assert "MNIST files not found" in str(error.value) and "input=" in str(error.value)

@@ -3,21 +3,12 @@ the message when they are missing and cannot be downloaded, and (where present) 
 
 import pytest
 import torch
-from conftest import SHARED_DATASETS, accept_cifar10_checksums, make_config, write_cifar10, write_mnist
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from conftest import SHARED_DATASETS, accept_cifar10_checksums, make_data, write_cifar10, write_mnist
 
 from trainlab.dataloader import DataError
 
 # An address where nothing listens: the download is really attempted and fails at once, online or not.
 UNREACHABLE = "http://127.0.0.1:9/"
-
-
-def instantiate_error(node) -> BaseException:
-    """The error that instantiating ``node`` raised, unwrapped from Hydra's as the command line does."""
-    with pytest.raises(InstantiationException) as info:
-        instantiate(node)
-    return info.value.__cause__
 
 
 def samples(data, *splits: str) -> list[tuple[bytes, int]]:
@@ -38,7 +29,7 @@ def written(arrays: dict, split: str) -> list[tuple[bytes, int]]:
 @pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_style_idx_files(tmp_path, dataset, folder):
     arrays = write_mnist(tmp_path, folder, n_train=40, n_test=20)
-    data = instantiate(make_config(f"dataset={dataset}", f"paths.data_dir={tmp_path}").dataset)
+    data = make_data(f"dataset={dataset}", f"paths.data_dir={tmp_path}")
 
     assert data.input_shape == (1, 28, 28) and data.num_outputs == 10
     assert len(data.y_train) + len(data.y_val) == 40 and len(data.y_val) == 4  # val_fraction 0.1
@@ -49,7 +40,7 @@ def test_mnist_style_idx_files(tmp_path, dataset, folder):
 def test_cifar10_pickle_batches(tmp_path, monkeypatch):
     arrays, md5s = write_cifar10(tmp_path, per_batch=8)
     accept_cifar10_checksums(monkeypatch, md5s)
-    data = instantiate(make_config("dataset=cifar10", f"paths.data_dir={tmp_path}").dataset)
+    data = make_data("dataset=cifar10", f"paths.data_dir={tmp_path}")
 
     assert data.input_shape == (3, 32, 32) and data.num_outputs == 10
     assert data.classes[:2] == ["airplane", "automobile"]
@@ -60,9 +51,8 @@ def test_cifar10_pickle_batches(tmp_path, monkeypatch):
 def test_cifar10_reader_still_checks_checksums(tmp_path):
     """Without the checksums of our files torchvision rejects them: the reader above really verified them."""
     write_cifar10(tmp_path, per_batch=2)
-    cfg = make_config("dataset=cifar10", f"paths.data_dir={tmp_path}", "dataset.download=false")
-    error = instantiate_error(cfg.dataset)
-    assert isinstance(error, DataError) and "CIFAR10 files not found" in str(error)
+    with pytest.raises(DataError, match="CIFAR10 files not found"):
+        make_data("dataset=cifar10", f"paths.data_dir={tmp_path}", "dataset.download=false")
 
 
 @pytest.mark.parametrize(
@@ -74,11 +64,9 @@ def test_missing_files_offline_say_where_they_belong(tmp_path, monkeypatch, data
     value = [UNREACHABLE] if attribute == "mirrors" else UNREACHABLE + "cifar-10-python.tar.gz"
     monkeypatch.setattr(getattr(torchvision.datasets, reader), attribute, value)
     empty = tmp_path / "no data here"
-    cfg = make_config(f"dataset={dataset}", f"paths.data_dir='{empty}'")
-    assert cfg.dataset.download is True
-    error = instantiate_error(cfg.dataset)
-    assert isinstance(error, DataError)
-    message = str(error)
+    with pytest.raises(DataError) as error:
+        make_data(f"dataset={dataset}", f"paths.data_dir='{empty}'")  # dataset.download is true
+    message = str(error.value)
     assert "\n" not in message and "could not be downloaded" in message
     assert str(empty) in message and "paths.data_dir" in message
 
@@ -91,7 +79,7 @@ def test_missing_files_offline_say_where_they_belong(tmp_path, monkeypatch, data
 def test_real_files_give_the_published_facts(dataset, mean, std, first_labels):
     """The statistics fitted on the whole training split (mean/std null, no validation share) are the
     published ones, and the reader keeps the files' order."""
-    cfg = make_config(
+    data = make_data(
         f"dataset={dataset}",
         f"paths.data_dir={SHARED_DATASETS}",
         "dataset.download=false",
@@ -99,7 +87,6 @@ def test_real_files_give_the_published_facts(dataset, mean, std, first_labels):
         "dataset.std=null",
         "dataset.val_fraction=0",
     )
-    data = instantiate(cfg.dataset)
     assert (len(data.y_train), len(data.y_test)) == (60_000, 10_000)
     assert data.mean.item() == pytest.approx(mean, abs=5e-5)
     assert data.std.item() == pytest.approx(std, abs=5e-5)

@@ -9,43 +9,20 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import make_config
-from hydra.utils import instantiate
+from conftest import CLASSES, make_config, make_data, write_csv, write_images
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainlab.cli import run_job
-from trainlab.csv_table import infer_task
+from trainlab.dataloader import DataError
+from trainlab.dataloader.csv_table import infer_task
 from trainlab.predict import load_trained, predict
 from trainlab.run import train
 
 FAST = ("trainer.progress=false", "trainer.num_threads=1")
-
-
-def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
-    """Numeric ``age`` (10% missing), numeric ``income`` (unique, 20 + 0.2 k), text ``colour`` (8% missing)
-    and a ``label`` (yes/no) that depends on income and colour."""
-    rng = np.random.default_rng(seed)
-    income = 20 + 0.2 * rng.permutation(n)
-    age = rng.normal(40, 12, n).round(1)
-    colour = rng.choice(["red", "green", "blue"], n)
-    shift = {"red": 2.0, "green": 0.0, "blue": -2.0}
-    label = [0.2 * (i - 50) + shift[c] + rng.normal(0, 0.5) > 0 for i, c in zip(income, colour, strict=True)]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["age", "income", "colour", "label"])
-        for i in range(n):
-            writer.writerow(
-                [
-                    "" if rng.random() < 0.1 else age[i],
-                    f"{income[i]:.1f}",
-                    "NA" if rng.random() < 0.08 else colour[i],
-                    "yes" if label[i] else "no",
-                ]
-            )
-    return path
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -73,7 +50,12 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert metrics["test/acc"] >= 0.85
     _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
     assert data.task.kind == "binary" and data.classes == ["no", "yes"]
-    assert data.categories == {"age": None, "income": None, "colour": ["blue", "green", "red"]}
+    columns = data.input_spec().columns
+    assert [(c["name"], c["type"], c.get("categories")) for c in columns] == [
+        ("age", "number", None),
+        ("income", "number", None),
+        ("colour", "category", ["blue", "green", "red"]),
+    ]
 
     # the training rows, found by their unique income, give the statistics the checkpoint must hold
     rows = read_rows(data_file)
@@ -133,9 +115,8 @@ def test_csv_missing_values_dropped_and_counted(tmp_path, caplog):
     data_file = write_csv(tmp_path / "people.csv")
     rows = read_rows(data_file)
     complete = sum(r["age"] != "" and r["colour"] != "NA" for r in rows)
-    cfg = make_config("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
     with caplog.at_level(logging.INFO):
-        data = instantiate(cfg.dataset)
+        data = make_data("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
     assert sum(data.num_samples(split) for split in ("train", "val", "test")) == complete
     assert f"dropped {len(rows) - complete} of {len(rows)} rows with missing values" in caplog.text
     assert not data.x_train.isnan().any()
@@ -155,6 +136,79 @@ def test_csv_without_its_target_column_is_a_one_line_error(tmp_path, capsys):
     )
 
 
+def test_predict_on_rows_needs_only_the_checkpoint(tmp_path):
+    """Predictions on new rows are the same once the training CSV is gone; the test split then needs it."""
+    data_file = write_csv(tmp_path / "people.csv", n=200)
+    run_dir = tmp_path / "run"
+    train(
+        make_config(
+            *FAST, "dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "trainer.max_epochs=2"
+        ),
+        run_dir,
+    )
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    new_rows = tmp_path / "new_rows.csv"
+    new_rows.write_text("income,colour,age\n40.0,red,30\n70.0,blue,\n50.0,purple,55.5\n")
+
+    def predictions(output: Path) -> list[dict[str, str]]:
+        predict(make_config(f"ckpt={ckpt}", f"input={new_rows}", f"output={output}", config_name="predict"))
+        return read_rows(output)
+
+    with_data = predictions(tmp_path / "with_data.csv")
+    data_file.rename(tmp_path / "moved.csv")
+    without_data = predictions(tmp_path / "without_data.csv")
+    assert [r["label"] for r in without_data] == [r["label"] for r in with_data]
+    assert [float(r["prob_yes"]) for r in without_data] == pytest.approx(
+        [float(r["prob_yes"]) for r in with_data], abs=1e-5
+    )
+    with pytest.raises(DataError, match=r"rebuilds the training data set.*people\.csv does not exist"):
+        predict(make_config(f"ckpt={ckpt}", config_name="predict"))
+
+
+def test_tsv_and_parquet_read_as_the_csv(tmp_path):
+    data_file = write_csv(tmp_path / "people.csv")
+    frame = pd.read_csv(data_file, keep_default_na=False)
+    frame.to_csv(tmp_path / "people.tsv", sep="\t", index=False)
+    pd.read_csv(data_file).to_parquet(tmp_path / "people.parquet")  # missing values as nulls
+    specs = [
+        make_data("dataset=csv", f"dataset.path={tmp_path / name}", "dataset.target=label").input_spec()
+        for name in ("people.csv", "people.tsv", "people.parquet")
+    ]
+    assert specs[0].columns[2]["categories"] == ["blue", "green", "red"]
+    assert specs[1] == specs[0] and specs[2].difference(specs[0]) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "people.csv is empty; it needs a header line and at least one row"),
+        (b"age,colour,label\n", "people.csv has a header but no rows"),
+        (b"age,colour,label\n30,red,yes\n41,bl\xe9u,no\n", "people.csv is not UTF-8 text"),
+        (
+            b"age,colour,label\n30,red,yes\n41,blue,no\n50,green\n",
+            "people.csv, line 4: 2 cells, but the header names 3",
+        ),
+        (b"age,colour,label\n30,red,yes\n41,blue,no,7\n", "people.csv, line 3: 4 cells, but the header names 3"),
+        (b"age,colour,outcome\n30,red,yes\n41,blue,no\n", "dataset.target=label is not a column of"),
+    ],
+    ids=["empty", "header-only", "bad-encoding", "short-row", "long-row", "no-target"],
+)
+def test_unreadable_csv_is_a_one_line_error(tmp_path, content, message):
+    (tmp_path / "people.csv").write_bytes(content)
+    with pytest.raises(DataError) as error:
+        make_data("dataset=csv", f"dataset.path={tmp_path / 'people.csv'}", "dataset.target=label")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_feature_column_is_named_with_the_columns_there(tmp_path):
+    data_file = write_csv(tmp_path / "people.csv", n=20)
+    with pytest.raises(DataError) as error:
+        make_data(
+            "dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.features=[age,height]"
+        )
+    assert str(error.value).endswith("has no column height; its columns are age, income, colour, label")
+
+
 @pytest.mark.parametrize(
     ("values", "task"),
     [
@@ -171,24 +225,6 @@ def test_task_inferred_from_the_target(values, task):
 
 
 # -- image folders --------------------------------------------------------------------------------------
-CLASSES = ("diagonal", "horizontal", "vertical")
-
-
-def write_images(root: Path, per_class: int, size: int = 16, seed: int = 0) -> Path:
-    """Striped PNGs in one folder per stripe direction, random colours, period, phase and noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for name in CLASSES:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        coordinate = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}[name]
-        for i in range(per_class):
-            stripes = np.sin(2 * np.pi * coordinate / rng.uniform(4, 7) + rng.uniform(0, 6.3)) > 0
-            image = np.where(stripes[..., None], rng.uniform(0, 255, 3), rng.uniform(0, 255, 3))
-            image += rng.normal(0, 15, (size, size, 3))
-            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
@@ -236,14 +272,14 @@ def test_image_folder_trains_and_predicts_its_test_folder(image_run, tmp_path):
 
 def test_image_folder_splits_and_resumable_order(tmp_path):
     root = write_images(tmp_path / "flat", per_class=10)
-    cfg = make_config(
+    data = make_data(
         "dataset=image_folder",
         f"dataset.root={root}",
         "dataset.image_size=16",
         "dataset.batch_size=4",
         "dataset.num_workers=0",
+        "augment=strong",
     )
-    data = instantiate(cfg.dataset, augment=instantiate(make_config("augment=strong").augment, _convert_="object"))
     assert [data.num_samples(s) for s in ("train", "val", "test")] == [
         22,
         2,

@@ -30,13 +30,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_data(cfg: DictConfig) -> BatchedData:
+    """The data set of ``cfg.dataset`` (with ``cfg.augment``), set up: loaded, split, preprocessing fitted."""
+    augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
+    return instantiate(cfg.dataset, augment=augment).setup()
+
+
+def build_model(cfg: DictConfig, input_shape: list[int], num_outputs: int, pretrained: bool = True) -> nn.Module:
+    """The model of ``cfg.model`` sized for the data. ``pretrained=False`` skips the ``weights`` file a
+    model starts from (model=torchvision), for a model whose trained weights are loaded next anyway."""
+    skip = {"weights": None} if not pretrained and "weights" in cfg.model else {}
+    return instantiate(cfg.model, input_shape=list(input_shape), num_outputs=num_outputs, **skip)
+
+
 def build_data_and_model(cfg: DictConfig) -> tuple[BatchedData, nn.Module]:
     """The data set, then the model sized by it: ``input_shape`` and ``num_outputs`` come from the data."""
     seed_everything(cfg.seed)
-    augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
-    data = instantiate(cfg.dataset, augment=augment)
-    model = instantiate(cfg.model, input_shape=list(data.input_shape), num_outputs=data.num_outputs)
-    return data, model
+    data = build_data(cfg)
+    return data, build_model(cfg, list(data.input_shape), data.num_outputs)
 
 
 @dataclass

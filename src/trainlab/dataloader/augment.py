@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from trainlab.dataloader import DataError
+from trainlab.errors import DataError
 
 
 class Op(Protocol):

@@ -17,7 +17,10 @@ import torch
 from hydra.utils import to_absolute_path
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from trainlab.dataloader import Batch, BatchedData, DataError, _split, image_files
+from trainlab.dataloader.base import Batch, BatchedData
+from trainlab.dataloader.inputs import read_class_folders
+from trainlab.dataloader.tensors import check_fractions, split
+from trainlab.errors import DataError
 from trainlab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -58,42 +61,37 @@ class ImageFolderData(BatchedData):
 
     def __init__(
         self,
+        *,
         root: str | None,
-        image_size: int | Sequence[int] = 64,
-        channels: int = 3,
-        normalize: bool = True,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
+        image_size: int | Sequence[int],
+        channels: int,
+        normalize: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        val_fraction: float,
+        test_fraction: float,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
         augment=None,
     ):
-        from torchvision.transforms import v2
-
         super().__init__(batch_size, seed, augment)
         if root is None:
             raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
         if channels not in (1, 3):
             raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
+        check_fractions(val_fraction, test_fraction)
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.input_shape = (channels, height, width)
-        gray = [v2.Grayscale()] if channels == 1 else []  # the images are read as RGB
-        self.image_transform = v2.Compose(
-            [v2.Resize((height, width)), *gray, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        )
         self.mean, self.std = (
             (self._channel_stat(mean, "mean"), self._channel_stat(std, "std"))
             if normalize
             else (torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1))
         )
         self.root = Path(to_absolute_path(root))
-        self.subsets = self._find_splits(val_fraction, test_fraction)
-        self.task = Task("multiclass", num_classes=len(self.classes))
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.loader_settings = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
@@ -107,42 +105,33 @@ class ImageFolderData(BatchedData):
         return torch.tensor(list(values), dtype=torch.float32).view(-1, 1, 1)
 
     # -- the splits ----------------------------------------------------------------------------------
-    def _read_folder(self, folder: Path):
-        from torchvision.datasets import ImageFolder
-
-        try:
-            return ImageFolder(str(folder), transform=self.image_transform)
-        except (FileNotFoundError, OSError) as error:
-            raise DataError(
-                f"{folder}: {error}; expected one sub-folder of images per class (root/<class>/<image>), "
-                "optionally under root/train, root/val, root/test"
-            ) from None
-
-    def _find_splits(self, val_fraction: float, test_fraction: float) -> dict[str, Dataset]:
+    def setup(self) -> ImageFolderData:
         if not self.root.is_dir():
             raise DataError(f"dataset.root={self.root} is not a folder; point it at your image folder")
         nested = (self.root / "train").is_dir()
-        folders = {split: self.root / split for split in SPLITS if (self.root / split).is_dir()} if nested else {}
-        train = self._read_folder(folders.get("train", self.root))
+        folders = {name: self.root / name for name in SPLITS if (self.root / name).is_dir()} if nested else {}
+        train = read_class_folders(folders.get("train", self.root), self.input_shape)
         self.classes = list(train.classes)
         if len(self.classes) < 2:
             raise DataError(f"{train.root} has {len(self.classes)} class folder; classification needs at least 2")
         generator = torch.Generator().manual_seed(self.seed)
-        kept, targets = torch.arange(len(train)), torch.tensor(train.targets)
-        subsets: dict[str, Dataset] = {}
-        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
-            if split in folders:
-                subsets[split] = self._read_folder(folders[split])
-                if subsets[split].classes != self.classes:
+        kept = torch.arange(len(train))
+        self.subsets: dict[str, Dataset] = {}
+        for name, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
+            if name in folders:
+                self.subsets[name] = read_class_folders(folders[name], self.input_shape)
+                if self.subsets[name].classes != self.classes:
                     raise DataError(
-                        f"{folders[split]} has the classes {subsets[split].classes}, but the training images "
+                        f"{folders[name]} has the classes {self.subsets[name].classes}, but the training images "
                         f"have {self.classes}; give every split the same class folders"
                     )
             else:
-                kept, targets, held, _ = _split(kept, targets, fraction, generator)
-                subsets[split] = Subset(train, held.tolist())
-        subsets["train"] = Subset(train, kept.tolist())
-        return subsets
+                kept, held = split(kept, fraction, generator)
+                self.subsets[name] = Subset(train, held.tolist())
+        self.subsets["train"] = Subset(train, kept.tolist())
+        self.task = Task("multiclass", num_classes=len(self.classes))
+        self._loaders = {}
+        return self
 
     def num_samples(self, split: str) -> int:
         return len(self.subsets[split])
@@ -188,22 +177,3 @@ class ImageFolderData(BatchedData):
     def batches(self, split: str) -> Iterator[Batch]:
         for x, y in self._on_device(self._loader(split)[0]):
             yield self.transform(x), y
-
-    # -- inputs for predict --------------------------------------------------------------------------
-    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-        """An image, a folder of images, or a folder of class folders (then the labels come along)."""
-        from torchvision.datasets.folder import default_loader
-
-        if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
-            folder = self._read_folder(path)
-            unknown = sorted(set(folder.classes) - set(self.classes))
-            if unknown:
-                raise DataError(
-                    f"{path}: class folders {unknown} are not among the training classes {self.classes}"
-                )
-            labels = torch.tensor([self.classes.index(folder.classes[t]) for t in folder.targets])
-            images = torch.stack([folder[i][0] for i in range(len(folder))])
-            return [p for p, _ in folder.samples], images, labels
-        files = image_files(path)
-        images = torch.stack([self.image_transform(default_loader(str(f))) for f in files])
-        return [str(f) for f in files], images, None
