@@ -11,7 +11,7 @@ import torch
 from conftest import CONF, make_config
 from hydra.utils import instantiate
 
-from trainlab.run import build_scheduler
+from trainlab.run import build_data, build_scheduler
 
 EPOCHS, STEPS = 6, 5  # trainer.max_epochs, and trainer.limit_batches: optimizer steps per epoch
 LR = 0.1
@@ -23,7 +23,7 @@ def schedule(name: str, *overrides: str) -> tuple[object, torch.optim.Optimizer,
     cfg = make_config(f"scheduler={name}", *run, *overrides)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
     trainer = instantiate(cfg.trainer)
-    scheduler, interval = build_scheduler(cfg, optimizer, trainer, instantiate(cfg.dataset))
+    scheduler, interval = build_scheduler(cfg, optimizer, trainer, build_data(cfg))
     return scheduler, optimizer, interval
 
 

@@ -98,12 +98,13 @@ def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
 
 
 def _refused(key: str, given: str | None, new: Any, old: Any) -> ConfigError:
-    """The error naming the setting: ``given`` as the user wrote it, and the first value under ``key`` that
-    differs from the checkpoint's."""
+    """The error naming the setting: ``given`` as the user wrote it, and the value under ``key`` that differs
+    from the checkpoint's (its class, where that differs)."""
     new_leaves, old_leaves = _leaves(new, key), _leaves(old, key)
-    first = next(
+    differing = [
         k for k in {**old_leaves, **new_leaves} if new_leaves.get(k, MISSING) != old_leaves.get(k, MISSING)
-    )
+    ]
+    first = min(differing, key=lambda k: not k.endswith("_target_"))  # the class, if it differs, says most
     was = old_leaves.get(first, MISSING)
     if given is None:
         given = f"{key}={_show(new)}" if new is not MISSING else f"no {key}"
