@@ -168,6 +168,8 @@ def test_grid_runs_are_told_apart_in_tensorboard_hparams(two_sweeps):
     runs.Reload()
     sessions = {}
     for run, tags in runs.PluginRunToTagToContent(hparams_metadata.PLUGIN_NAME).items():
+        if run == "tensorboard":  # the sweep's own experiment (test_tensorboard.py), not a job
+            continue
         info = hparams_metadata.parse_session_start_info_plugin_data(tags[hparams_metadata.SESSION_START_INFO_TAG])
         lr, batch = info.hparams["optimizer.lr"].number_value, info.hparams["dataset.batch_size"].number_value
         sessions[(lr, batch)] = run

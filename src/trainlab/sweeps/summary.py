@@ -57,6 +57,10 @@ class SweepSummary(Callback):
         }
         write_atomically(Path(config.hydra.runtime.output_dir) / JOB_FILE, json.dumps(record, indent=2) + "\n")
         write_summary(Path(config.hydra.sweep.dir))
+        if record["status"] == "ok":  # TensorBoard's HParams dashboard: the sweep's settings and metrics
+            from trainlab.sweeps.tensorboard import write_experiment
+
+            write_experiment(Path(config.hydra.sweep.dir), config)
 
 
 def job_status(error: BaseException | None) -> str:
