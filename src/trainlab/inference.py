@@ -118,6 +118,14 @@ def run_test_metrics(ckpt_path: Path) -> dict[str, float]:
     return {key: value for key, value in metrics.items() if key.startswith("test/")}
 
 
+def score(task: Task, outputs: torch.Tensor, targets: torch.Tensor, prefix: str) -> dict[str, float]:
+    """The metrics of outputs already computed, keyed ``<prefix>/<name>``: the trainer's ``evaluate`` of the
+    identity on them, so that they are the very metrics of training."""
+    from trainlab.trainer import evaluate
+
+    return evaluate(nn.Identity(), [(outputs, targets)], task, prefix, torch.device("cpu"))
+
+
 class Predictor:
     """A trained model that takes raw inputs. ``Predictor.load(path)`` picks the backend by the file: a
     ``.ckpt`` runs in torch, an ``.onnx`` in ONNX Runtime; both answer the same."""
@@ -137,12 +145,16 @@ class Predictor:
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         """The model's outputs (N, outputs) on the CPU for raw inputs (N, *input_shape)."""
-        if raw.dim() < 1 or list(raw.shape[1:]) != list(self.spec.input_shape):
+        return self.forward(self.check(raw))
+
+    def check(self, raw: torch.Tensor) -> torch.Tensor:
+        """``raw`` as float32, or a ``DataError`` if its inputs are not of the model's input shape."""
+        if list(raw.shape[1:]) != list(self.spec.input_shape):
             raise DataError(
                 f"inputs of shape {tuple(raw.shape[1:])} do not fit this model, which expects "
                 f"{tuple(self.spec.input_shape)}"
             )
-        return self.forward(raw.to(torch.float32))
+        return raw.to(torch.float32)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

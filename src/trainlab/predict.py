@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from torch import nn
 
 from trainlab.dataloader.inputs import read_inputs
 from trainlab.devices import pick_device
 from trainlab.errors import ConfigError
-from trainlab.inference import Predictor, beside, load_trained, output_path
+from trainlab.inference import Predictor, beside, load_trained, output_path, score
 from trainlab.progress import format_metrics
 from trainlab.trainer import evaluate
 from trainlab.visuals import confusion_matrix_image
@@ -56,8 +55,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if targets is None:
         return {}
     task = predictor.task
-    # the outputs are at hand: scoring them is evaluating the identity on them
-    metrics = evaluate(nn.Identity(), [(outputs, targets)], task, "input", torch.device("cpu"))
+    metrics = score(task, outputs, targets, "input")
     log.info("metrics on %s: %s", cfg.input, format_metrics(metrics))
     if task.is_classification:
         picture = path.with_name(f"{path.stem}_confusion_matrix.png")
