@@ -9,7 +9,8 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import accept_cifar10_checksums, make_config, write_cifar10, write_csv, write_mnist
+from conftest import accept_cifar10_checksums, make_config, write_cifar10, write_mnist
+from test_predict import train_csv_model
 from torch import nn
 
 from trainlab.dataloader import InputSpec
@@ -78,19 +79,7 @@ def test_cnn_export_on_the_test_split_then_on_generated_inputs(tmp_path, caplog)
 
 
 def test_csv_model_export_fills_missing_values_in_the_graph(tmp_path, caplog):
-    source = write_csv(tmp_path / "people.csv")
-    run_dir = tmp_path / "run"
-    train(
-        make_config(
-            "dataset=csv",
-            f"dataset.path={source}",
-            "dataset.target=label",
-            "dataset.missing=impute",
-            "trainer.max_epochs=2",
-        ),
-        run_dir,
-    )
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    _, ckpt = train_csv_model(tmp_path)
     check_export(ckpt, tmp_path, caplog)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     spec = Predictor.load(ckpt).spec

@@ -190,22 +190,18 @@ def test_predict_on_images_needs_only_the_checkpoint(tmp_path, monkeypatch):
     assert "MNIST files not found" in str(error.value) and "input=" in str(error.value)
 
 
+def train_csv_model(tmp_path) -> tuple:
+    """A model trained on ``write_csv``'s table (missing values imputed): (its CSV, its best checkpoint)."""
+    source = write_csv(tmp_path / "people.csv")
+    overrides = ("dataset=csv", f"dataset.path={source}", "dataset.target=label", "dataset.missing=impute")
+    train(make_config(*overrides, "trainer.max_epochs=2"), tmp_path / "run")
+    return source, tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+
 def test_predict_on_rows_needs_only_the_checkpoint(tmp_path):
     """A CSV model: predictions on new rows (some with missing values) stay the same once its training CSV
     is moved away."""
-    source = write_csv(tmp_path / "people.csv")
-    run_dir = tmp_path / "run"
-    train(
-        make_config(
-            "dataset=csv",
-            f"dataset.path={source}",
-            "dataset.target=label",
-            "dataset.missing=impute",
-            "trainer.max_epochs=2",
-        ),
-        run_dir,
-    )
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    source, ckpt = train_csv_model(tmp_path)
     rows = write_csv(tmp_path / "new.csv", n=40, seed=1)
 
     run_predict(f"ckpt={ckpt}", f"input={rows}", f"output={tmp_path / 'with_data.csv'}")
