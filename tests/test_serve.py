@@ -193,6 +193,7 @@ def test_bad_rows_get_a_4xx_json_error(iris_server):
         ),
         ([row | {"colour": "red"}], "unknown column(s) colour"),
         ([row | {"sepal length (cm)": "long"}], "row 0 has 'long'"),
+        ([row | {"sepal length (cm)": [5.1]}], "is not a number or text"),
         (["not a row"], "rows.0: Input should be an object"),
     ]
     for rows, complaint in cases:

@@ -213,13 +213,15 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
     }
 
     @app.post("/predict", openapi_extra={"requestBody": body_schema})
-    async def predict(request: Request) -> dict[str, list[dict[str, Any]]]:
+    async def predict(request: Request) -> JSONResponse:
         """Image files (multipart, any field name) or JSON (images as base64, rows, or raw inputs); one
-        answer per input, in order."""
+        answer per input, in order: ``{"predictions": [{"label", "class_index", "probabilities"}]}``, or
+        ``[{"value"}]`` for regression."""
         batcher: Batcher = request.app.state.batcher
         with batcher.reading_request():
             raw = predictor.check(await read_request(request, spec, max_inputs))
-        return {"predictions": predictor.answers(await batcher(raw))}
+        # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
+        return JSONResponse({"predictions": predictor.answers(await batcher(raw))})
 
     return app
 
@@ -289,6 +291,9 @@ def rows(spec, given: list[dict[str, Any]]) -> torch.Tensor:
         raise BadRequest(400, "this model takes images, not table rows: send image files or base64 images")
     known = {column["name"] for column in spec.columns} | {spec.target}
     for i, row in enumerate(given):
+        nested = [name for name, value in row.items() if isinstance(value, dict | list)]
+        if nested:
+            raise BadRequest(400, f"rows[{i}][{nested[0]!r}] is not a number or text: a cell holds one value")
         unknown = sorted(set(row) - known)
         if unknown:
             raise BadRequest(
