@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import torch
-from conftest import cli_main, make_config, write_mnist
+from conftest import cli_main, make_config, write_csv, write_mnist
 from PIL import Image
 
 from trainlab.dataloader import DataError
@@ -188,3 +188,51 @@ def test_predict_on_images_needs_only_the_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="evaluating the test split rebuilds the training data set") as error:
         run_predict(f"ckpt={ckpt}")
     assert "MNIST files not found" in str(error.value) and "input=" in str(error.value)
+
+
+def train_csv_model(tmp_path) -> tuple:
+    """A model trained on ``write_csv``'s table (missing values imputed): (its CSV, its best checkpoint)."""
+    source = write_csv(tmp_path / "people.csv")
+    overrides = ("dataset=csv", f"dataset.path={source}", "dataset.target=label", "dataset.missing=impute")
+    train(make_config(*overrides, "trainer.max_epochs=2"), tmp_path / "run")
+    return source, tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+
+def test_predict_on_rows_needs_only_the_checkpoint(tmp_path):
+    """A CSV model: predictions on new rows (some with missing values) stay the same once its training CSV
+    is moved away."""
+    source, ckpt = train_csv_model(tmp_path)
+    rows = write_csv(tmp_path / "new.csv", n=40, seed=1)
+
+    run_predict(f"ckpt={ckpt}", f"input={rows}", f"output={tmp_path / 'with_data.csv'}")
+    source.rename(tmp_path / "moved.csv")
+    run_predict(f"ckpt={ckpt}", f"input={rows}", f"output={tmp_path / 'without_data.csv'}")
+    with_data, without_data = read_csv(tmp_path / "with_data.csv"), read_csv(tmp_path / "without_data.csv")
+    assert len(with_data) == 40
+    assert [r["label"] for r in without_data] == [r["label"] for r in with_data]
+    for a, b in zip(with_data, without_data, strict=True):
+        assert float(a["prob_yes"]) == pytest.approx(float(b["prob_yes"]), abs=1e-5)
+
+
+def test_outputs_go_where_the_user_says(digits_run, tmp_path, monkeypatch):
+    """A checkpoint outside a run dir: the test metrics go to the current folder, and nothing is written
+    beside the checkpoint or above it; in a run dir, beside the run's files, which are never overwritten."""
+    run_dir, _ = digits_run
+    loose = tmp_path / "x" / "x.ckpt"
+    loose.parent.mkdir()
+    loose.write_bytes((run_dir / "checkpoints" / "best.ckpt").read_bytes())
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    run_predict(f"ckpt={loose}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["here", "predict_metrics.json", "x", "x.ckpt"]
+    assert (here / "predict_metrics.json").is_file()
+
+    run_predict(f"ckpt={run_dir}/checkpoints/best.ckpt")
+    assert (run_dir / "predict_metrics.json").is_file()
+    before = (run_dir / "metrics.json").read_text()
+    for output in (run_dir / "metrics.json", run_dir / "checkpoints" / "new.csv"):
+        code, stderr = cli_main("predict.py", f"ckpt={run_dir}/checkpoints/best.ckpt", f"output={output}")
+        assert code == 1 and "is a file of the training run" in stderr and stderr.count("\n") == 1, stderr
+    assert (run_dir / "metrics.json").read_text() == before
+    assert not (run_dir / "checkpoints" / "new.csv").exists()

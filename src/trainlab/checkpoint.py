@@ -8,6 +8,7 @@ preprocessing, and the fully resolved config as YAML text.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -114,21 +115,79 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
 
 
 def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
-    """The run config stored in a checkpoint, refused if it names code outside ``TRUSTED_TARGETS``.
+    """The run config stored in a checkpoint, refused if any node names code outside ``TRUSTED_TARGETS``.
 
-    predict.py and a resumed run instantiate the ``_target_`` classes of this config, so a crafted checkpoint
-    with a harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only trainlab's own
-    classes, torch's optimizers and schedulers and optuna's pruners are built.
+    A resumed run instantiates the ``_target_`` classes of this config, so a crafted checkpoint with a
+    harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only classes (never functions
+    such as ``trainlab.checkpoint.save``) of trainlab, torch's optimizers and schedulers and optuna's pruners
+    are accepted, and ``_args_`` (which no trainlab config uses) nowhere. Inference builds less still: see
+    ``trusted_node``.
     """
     cfg = OmegaConf.create(state["config"])
     for key, node in OmegaConf.to_container(cfg).items():
+        if "_args_" in _special_keys(node):
+            raise CheckpointError(
+                f"refused {path}: its config's {key} node has _args_, which no trainlab config uses; nothing was run"
+            )
         for target in _targets(node):
-            if not target.startswith(TRUSTED_TARGETS):
+            if not target.startswith(TRUSTED_TARGETS) or not isinstance(_locate(target), type):
                 raise CheckpointError(
                     f"refused {path}: its config names {key} class {target}, and only trainlab's own classes (and "
                     "torch's optimizers, optuna's pruners) are built from a checkpoint; nothing was run"
                 )
     return cfg
+
+
+def trusted_node(cfg: DictConfig, key: str, module: str, base: type, path: str | Path) -> DictConfig:
+    """The config node ``cfg[key]`` for inference to instantiate alone (the model; the data set to evaluate
+    the test split), refused unless its ``_target_`` is a subclass of ``base`` defined in trainlab's ``module``
+    (or a module under it) and it holds plain settings only: no ``_args_``, ``_partial_`` or other special
+    key, no nested ``_target_``. Nothing in it is run here."""
+    node = cfg.get(key)
+    container = OmegaConf.to_container(node) if isinstance(node, DictConfig) else None
+    target = container.get("_target_") if container else None
+    special = sorted(_special_keys(container) - {"_target_"}) if container else []
+    nested = [t for value in (container or {}).values() for t in _targets(value)]
+    if not isinstance(target, str) or not target.startswith(f"{module}.") or special or nested:
+        what = special or nested or [target]
+        raise CheckpointError(
+            f"refused {path}: its config's {key} node ({', '.join(map(str, what))}) is not one of trainlab's own "
+            f"{module} classes with plain settings; nothing was run"
+        )
+    found = _locate(target)
+    if not (
+        isinstance(found, type) and issubclass(found, base) and f"{found.__module__}.".startswith(f"{module}.")
+    ):
+        raise CheckpointError(
+            f"refused {path}: its config's {key} class {target} is not one of trainlab's {module} classes; "
+            "nothing was run"
+        )
+    return node
+
+
+def _locate(target: str) -> Any:
+    """What a dotted ``_target_`` names, found by importing its module (only called for trusted prefixes);
+    None where it names nothing."""
+    parts = target.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            found = getattr(found, name, None)
+        return found
+    return None
+
+
+def _special_keys(node: Any) -> set[str]:
+    """Every Hydra key (``_target_``, ``_args_``, ``_partial_``...) in a config container, at any depth."""
+    if isinstance(node, dict):
+        keys = {str(k) for k in node if str(k).startswith("_") and str(k).endswith("_")}
+        return keys.union(*(_special_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_special_keys(v) for v in node))
+    return set()
 
 
 def _targets(node: Any) -> Iterator[str]:

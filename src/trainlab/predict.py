@@ -1,8 +1,9 @@
-"""Use a trained model: predict on files from the checkpoint alone, or evaluate its test split.
+"""Use a trained model: predict on files from the checkpoint (or its ONNX export) alone, or evaluate its
+test split.
 
 Predicting (``input=...``) needs nothing but the checkpoint: its ``InputSpec`` says how to read and
-preprocess the inputs, its config and weights give the model. Evaluating the test split (``input`` null)
-rebuilds the training data set, so it needs the training data.
+preprocess the inputs, its config's model node and weights give the model (``trainlab.inference``).
+Evaluating the test split (``input`` null) rebuilds the training data set, so it needs the training data.
 """
 
 from __future__ import annotations
@@ -16,99 +17,65 @@ from typing import Any
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from torch import nn
 
-from trainlab import checkpoint
-from trainlab.dataloader import BatchedData, InputSpec
 from trainlab.dataloader.inputs import read_inputs
 from trainlab.devices import pick_device
-from trainlab.errors import CheckpointError, DataError
+from trainlab.errors import ConfigError
+from trainlab.inference import Predictor, beside, load_trained, output_path, score
 from trainlab.progress import format_metrics
-from trainlab.run import build_data, build_model
-from trainlab.tasks import Task
 from trainlab.trainer import evaluate
 from trainlab.visuals import confusion_matrix_image
 
 log = logging.getLogger(__name__)
 
 
-def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictConfig, InputSpec, nn.Module]:
-    """The config, input spec and trained model of a checkpoint, from the checkpoint alone."""
-    state = checkpoint.load(ckpt_path, map_location="cpu")
-    cfg = checkpoint.trusted_config(state, ckpt_path)
-    if "input_spec" not in state:
-        raise CheckpointError(f"{ckpt_path} has no input spec (written by an older trainlab); train it again")
-    spec = InputSpec.from_dict(state["input_spec"])
-    model = build_model(cfg, spec.input_shape, spec.task_object().num_outputs, pretrained=False)
-    checkpoint.load_weights(model, state, ckpt_path)
-    return cfg, spec, model.to(device).eval()
-
-
-def load_trained(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictConfig, BatchedData, nn.Module]:
-    """The checkpoint's model and its training data set, rebuilt from the config inside it (which needs the
-    training data), checked to preprocess as the checkpoint's input spec says."""
-    cfg, spec, model = load_model(ckpt_path, device)
-    try:
-        data = build_data(cfg)
-    except DataError as error:
-        raise DataError(
-            f"evaluating the test split rebuilds the training data set, which failed: {error}. "
-            "To predict without the training data pass input=<image, folder or CSV>"
-        ) from None
-    changed = spec.difference(data.input_spec())
-    if changed:
-        raise DataError(
-            f"the training data of {ckpt_path} has changed since training (its {changed} differs), so its test "
-            "split is not the one the model was tested on; predict on files with input=<...> instead"
-        )
-    return cfg, data.to(device), model
-
-
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """``input`` null: the test split's metrics (the training run's ``test/...``); else predictions."""
-    device = pick_device(cfg.device)
     ckpt_path = Path(to_absolute_path(cfg.ckpt))
+    output = to_absolute_path(cfg.output) if cfg.output else None
     if cfg.input is None:
+        if ckpt_path.suffix.lower() == ".onnx":
+            raise ConfigError(
+                "evaluating the test split needs the .ckpt (its config names the data); or pass input="
+            )
+        device = pick_device(cfg.device)
         _, data, model = load_trained(ckpt_path, device)
         metrics = evaluate(model, data.batches("test"), data.task, "test", device)
-        output = (
-            Path(to_absolute_path(cfg.output)) if cfg.output else ckpt_path.parent.parent / "predict_metrics.json"
-        )
-        output.write_text(json.dumps(metrics, indent=2) + "\n")
-        log.info("test metrics of %s: %s (written to %s)", ckpt_path, format_metrics(metrics), output)
+        path = output_path(output, beside(ckpt_path, "predict_metrics.json"))
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("test metrics of %s: %s (written to %s)", ckpt_path, format_metrics(metrics), path)
         return metrics
 
-    _, spec, model = load_model(ckpt_path, device)
-    task = spec.task_object()
-    names, raw, targets = read_inputs(spec, Path(to_absolute_path(cfg.input)))
-    x = spec.normalize(raw.to(device))
-    with torch.no_grad():
-        outputs = torch.cat([model(x[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)])
-    output = Path(to_absolute_path(cfg.output or "predictions.csv"))
-    write_predictions(output, names, outputs, task, spec.class_names)
-    log.info("wrote %d predictions to %s", len(names), output)
+    predictor = Predictor.load(ckpt_path, cfg.device)
+    names, raw, targets = read_inputs(predictor.spec, Path(to_absolute_path(cfg.input)))
+    outputs = torch.cat([predictor(raw[i : i + cfg.batch_size]) for i in range(0, len(raw), cfg.batch_size)])
+    path = output_path(output, Path.cwd() / "predictions.csv")
+    write_predictions(path, names, predictor.answers(outputs))
+    log.info("wrote %d predictions to %s", len(names), path)
     if targets is None:
         return {}
-    metrics = evaluate(model, [(x, targets.to(device))], task, "input", device)
+    task = predictor.task
+    metrics = score(task, outputs, targets, "input")
     log.info("metrics on %s: %s", cfg.input, format_metrics(metrics))
     if task.is_classification:
-        picture = output.with_name(f"{output.stem}_confusion_matrix.png")
-        confusion_matrix_image(task.predict(outputs), targets, spec.class_names).save(picture)
+        picture = path.with_name(f"{path.stem}_confusion_matrix.png")
+        confusion_matrix_image(task.predict(outputs), targets, predictor.spec.class_names).save(picture)
         log.info("confusion matrix: %s", picture)
     return metrics
 
 
-def write_predictions(path: Path, names: list[str], outputs: torch.Tensor, task: Task, classes: list[str]) -> None:
-    """CSV rows: the input's name, the prediction and, for classifiers, one probability per class."""
-    predictions = task.predict(outputs).cpu()
-    header = ["input", "prediction"]
-    rows: list[list[Any]] = [[name, p.item()] for name, p in zip(names, predictions, strict=True)]
-    if task.is_classification:
-        header[1:] = ["prediction", "label"] + [f"prob_{c}" for c in classes]
-        probabilities = task.probabilities(outputs).cpu()
+def write_predictions(path: Path, names: list[str], answers: list[dict[str, Any]]) -> None:
+    """CSV rows: the input's name, the prediction and, for classifiers, its label and one probability per
+    class (``Predictor.answers``)."""
+    if "value" in answers[0]:
+        header = ["input", "prediction"]
+        rows = [[name, answer["value"]] for name, answer in zip(names, answers, strict=True)]
+    else:
+        classes = list(answers[0]["probabilities"])
+        header = ["input", "prediction", "label"] + [f"prob_{c}" for c in classes]
         rows = [
-            [name, int(p), classes[int(p)], *(f"{v:.6f}" for v in probs.tolist())]
-            for name, p, probs in zip(names, predictions, probabilities, strict=True)
+            [name, a["class_index"], a["label"], *(f"{p:.6f}" for p in a["probabilities"].values())]
+            for name, a in zip(names, answers, strict=True)
         ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

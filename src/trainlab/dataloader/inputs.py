@@ -14,7 +14,7 @@ import csv
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -69,15 +69,18 @@ def read_class_folders(folder: Path, input_shape: Sequence[int]):
         ) from None
 
 
-def read_image(path: Path, input_shape: Sequence[int]) -> torch.Tensor:
-    """One image file as the model's raw input (C, H, W) in [0, 1]."""
+def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None) -> torch.Tensor:
+    """One image file (or file object, ``name`` saying which: a server's upload) as the model's raw input
+    (C, H, W) in [0, 1]. A file that is no image, or a truncated or oversized one, is a ``DataError``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             return image_transform(input_shape)(image.convert("RGB"))
     except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image; this model predicts on image files") from None
+        raise DataError(f"{name or path} is not an image; this model predicts on image files") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's decoding errors
+        raise DataError(f"{name or path} is not a readable image ({error})") from None
 
 
 def read_images(spec: InputSpec, path: Path) -> Inputs:

@@ -1,0 +1,227 @@
+"""Benchmark: trainlab's server (torch and ONNX Runtime backends) against a minimal hand-written FastAPI
+endpoint around the same model (one forward pass per request), for the digits MLP and the MNIST CNN.
+
+    python benchmarks/serve_speed.py                        # about 4 minutes on 2 cores
+    python benchmarks/serve_speed.py --rounds 1 --requests 100
+
+Each model is trained briefly (its weights do not change its speed) and exported; the three servers run
+as uvicorn processes on 127.0.0.1 side by side, access logs off, one compute thread each. A client in this
+process (aiohttp, asyncio) sends each server bursts of single-PNG multipart requests at concurrency 1 and
+16, the servers taking turns within each round; a variant's figure is its best round (other jobs on a
+shared machine only ever add time). Also measured: the model's own forward time per input (torch eager,
+batch 1 and 16), the PNG decode, and a ``GET /health`` round trip (the HTTP floor of a request).
+"""
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 16)
+
+
+def plain_server(ckpt: str) -> None:
+    """The baseline: the model and the same image decoding in one async FastAPI endpoint, no batching."""
+    import uvicorn
+    from fastapi import FastAPI, UploadFile
+
+    from trainlab.dataloader.inputs import read_image
+    from trainlab.inference import load_model
+
+    torch.set_num_threads(1)
+    _, spec, model = load_model(ckpt, "cpu")
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(file: UploadFile) -> dict:
+        x = spec.normalize(read_image(io.BytesIO(await file.read()), spec.input_shape)[None])
+        with torch.inference_mode():
+            probabilities = model(x).softmax(-1)[0]
+        index = int(probabilities.argmax())
+        return {"label": spec.class_names[index], "class_index": index, "probabilities": probabilities.tolist()}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=0, access_log=False)
+
+
+def start(command: list[str]) -> tuple[subprocess.Popen, str]:
+    """A server process and its address, once uvicorn printed it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    for line in process.stderr:
+        found = re.search(r"Uvicorn running on (http://\S+)", line)
+        if found:
+            return process, found[1]
+    raise RuntimeError(f"{command} exited with {process.wait()}")
+
+
+def train_and_export(folder: Path, name: str, overrides: list[str]) -> Path:
+    run_dir = folder / name
+    python = [sys.executable]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(
+        [*python, "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.progress=false"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    subprocess.run([*python, "export.py", f"ckpt={ckpt}"], cwd=ROOT, env=env, check=True, capture_output=True)
+    return ckpt
+
+
+BOUNDARY = "trainlab-benchmark"
+
+
+def multipart(png: bytes) -> bytes:
+    """One image file as a multipart/form-data body, built once (the client's share of each request small)."""
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+    return f"{head}Content-Type: image/png\r\n\r\n".encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str = "/predict") -> list[float]:
+    """Latencies (s) of ``requests`` requests sent by ``concurrency`` clients, one connection each
+    (aiohttp's client: a few times less CPU per request than httpx's, which shares the machine)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    body, headers = multipart(png), {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+    async def client() -> None:
+        async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=1)) as http:
+            for _ in range(requests // concurrency):
+                begin = time.perf_counter()
+                request = http.get(path) if path == "/health" else http.post(path, data=body, headers=headers)
+                async with request as answer:
+                    answer.raise_for_status()
+                    await answer.read()
+                latencies.append(time.perf_counter() - begin)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    latencies.append(time.perf_counter() - began)  # the last entry: the burst's wall time
+    return latencies
+
+
+def forward_times(ckpt: Path, body: bytes) -> dict[str, float]:
+    """The model's own time per input (torch eager, one thread) and the PNG decode, in ms."""
+    from trainlab.dataloader.inputs import read_image
+    from trainlab.inference import InferenceModel, load_model
+
+    torch.set_num_threads(1)
+    _, spec, model = load_model(ckpt, "cpu")
+    wrapped = InferenceModel(spec, model).eval()
+    times = {}
+    with torch.inference_mode():
+        for batch in (1, 16):
+            x = torch.rand(batch, *spec.input_shape)
+            wrapped(x)
+            n, begin = 200 if batch == 1 else 50, time.perf_counter()
+            for _ in range(n):
+                wrapped(x)
+            times[f"forward_b{batch}"] = (time.perf_counter() - begin) / n / batch * 1000
+    begin = time.perf_counter()
+    for _ in range(200):
+        read_image(io.BytesIO(body), spec.input_shape)
+    times["decode"] = (time.perf_counter() - begin) / 200 * 1000
+    return times
+
+
+def png(shape: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def summary(latencies: list[float]) -> tuple[float, float, float]:
+    """(requests per second, p50 ms, p99 ms)."""
+    *each, wall = latencies
+    return len(each) / wall, float(np.percentile(each, 50)) * 1000, float(np.percentile(each, 99)) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"), help="holds MNIST/raw")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400, help="per burst (concurrency 1: a quarter)")
+    parser.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the baseline server for a checkpoint
+    args = parser.parse_args()
+    if args.plain:
+        return plain_server(args.plain)
+
+    load_before = os.getloadavg()
+    folder = Path(tempfile.mkdtemp(prefix="serve_speed_"))
+    models = {
+        "digits MLP": (["model=mlp", "dataset=digits", "trainer.max_epochs=2"], png((8, 8))),
+        "MNIST CNN": (
+            ["model=cnn", "dataset=mnist", f"paths.data_dir={args.data_dir}", "trainer.max_epochs=1", "trainer.limit_batches=20"],
+            png((28, 28)),
+        ),
+    }  # fmt: skip
+    rows = []
+    for model_name, (overrides, body) in models.items():
+        ckpt = train_and_export(folder, model_name.split()[-1].lower(), overrides)
+        servers = {
+            "plain FastAPI": [sys.executable, __file__, "--plain", str(ckpt)],
+            "trainlab torch": [sys.executable, "serve.py", f"ckpt={ckpt}", "port=0", "access_log=false", "num_threads=1"],
+            "trainlab ONNX": [sys.executable, "serve.py", f"ckpt={ckpt.parent.parent / 'best.onnx'}", "port=0", "access_log=false", "num_threads=1"],
+        }  # fmt: skip
+        started = {name: start(command) for name, command in servers.items()}
+        try:
+            best: dict[tuple[str, int], tuple[float, float, float]] = {}
+            floor = min(
+                summary(asyncio.run(burst(started["plain FastAPI"][1], body, 1, 200, "/health")))[1]
+                for _ in range(2)
+            )
+            for _ in range(args.rounds):
+                for concurrency in CONCURRENCY:
+                    for name, (_, url) in started.items():
+                        n = args.requests // 4 if concurrency == 1 else args.requests
+                        asyncio.run(burst(url, body, concurrency, 32))  # warm-up
+                        result = summary(asyncio.run(burst(url, body, concurrency, n)))
+                        key = (name, concurrency)
+                        best[key] = result if key not in best or result[0] > best[key][0] else best[key]
+        finally:
+            for process, _ in started.values():
+                process.terminate()
+                process.wait(timeout=10)
+        times = forward_times(ckpt, body)
+        for (name, concurrency), (rps, p50, p99) in best.items():
+            plain_rps, plain_p50, _ = best[("plain FastAPI", concurrency)]
+            rows.append((model_name, name, concurrency, rps, p50, p99, rps / plain_rps, p50 / plain_p50))
+        rows.append((model_name, "forward", times, floor))
+    print(f"load average before {load_before}, after {os.getloadavg()}; {os.cpu_count()} cores")
+    print("| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain | p50 vs plain |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if row[1] == "forward":
+            model_name, _, times, floor = row
+            print(
+                f"| {model_name} | model alone: forward {times['forward_b1']:.3f} ms/input at batch 1, "
+                f"{times['forward_b16']:.3f} at batch 16; PNG decode {times['decode']:.3f} ms; GET /health round trip "
+                f"{floor:.3f} ms | | | | | | |"
+            )
+        else:
+            model_name, name, concurrency, rps, p50, p99, throughput, latency = row
+            print(
+                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()

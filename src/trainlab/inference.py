@@ -1,0 +1,257 @@
+"""Using a trained model from its checkpoint alone, or from its ONNX export: the one loader that predict,
+export and serve share.
+
+Loading is safe: ``checkpoint.load`` reads tensors and plain data only (``weights_only=True``), the config's
+every ``_target_`` is checked (``checkpoint.trusted_config``), and only its ``model`` node is instantiated,
+after ``checkpoint.trusted_node`` found a trainlab model class with plain settings in it. The test split,
+which needs the training data, is rebuilt from the ``dataset`` node alone (checked alike, never downloaded,
+never augmented).
+
+A ``Predictor`` takes raw inputs (images in [0, 1] at the trained size, or encoded table rows with NaN for a
+missing value: what ``trainlab.dataloader.inputs`` reads) and returns the model's outputs: the normalisation
+is part of the model it runs (``InferenceModel``), in torch and in the ONNX graph alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trainlab import checkpoint
+from trainlab.dataloader import BatchedData, InputSpec
+from trainlab.dataloader.spec import standardize
+from trainlab.errors import CheckpointError, DataError
+from trainlab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+# The keys of an exported ONNX model's metadata_props (JSON text each).
+INPUT_SPEC_KEY, CLASSES_KEY, METRICS_KEY = "trainlab.input_spec", "trainlab.classes", "trainlab.test_metrics"
+
+
+class InferenceModel(nn.Module):
+    """A trained model behind its input preprocessing: raw inputs -> (missing values filled) -> normalised ->
+    the model's outputs. What ``Predictor`` runs and what ``export`` writes as ONNX."""
+
+    def __init__(self, spec: InputSpec, model: nn.Module):
+        super().__init__()
+        shape = spec.stat_shape()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(spec.mean).view(shape))
+        self.register_buffer("std", torch.tensor(spec.std).view(shape))
+        fill = spec.fill()
+        self.register_buffer("fill", fill if fill is not None else None)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.model(standardize(raw, self.mean, self.std, self.fill))
+
+
+def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictConfig, InputSpec, nn.Module]:
+    """The config, input spec and trained model of a checkpoint, from the checkpoint alone; only the model
+    node of its config is built."""
+    from trainlab.run import build_model
+
+    state = checkpoint.load(ckpt_path, map_location="cpu")
+    cfg = checkpoint.trusted_config(state, ckpt_path)
+    model_node = checkpoint.trusted_node(cfg, "model", "trainlab.model", nn.Module, ckpt_path)
+    if "input_spec" not in state:
+        raise CheckpointError(f"{ckpt_path} has no input spec (written by an older trainlab); train it again")
+    spec = InputSpec.from_dict(state["input_spec"])
+    model = build_model(
+        OmegaConf.create({"model": model_node}), spec.input_shape, spec.task_object().num_outputs, pretrained=False
+    )
+    checkpoint.load_weights(model, state, ckpt_path)
+    return cfg, spec, model.to(device).eval()
+
+
+def load_test_data(cfg: DictConfig, spec: InputSpec, ckpt_path: str | Path) -> BatchedData:
+    """The data set of a checkpoint's config, to evaluate its test split: built from the ``dataset`` node
+    alone (no augmentation, no download), checked to preprocess as the checkpoint's input spec says.
+    Needs the training data: a ``DataError`` that says so when it is absent."""
+    from hydra.utils import instantiate
+
+    node = checkpoint.trusted_node(cfg, "dataset", "trainlab.dataloader", BatchedData, ckpt_path)
+    no_download = {"download": False} if "download" in node else {}
+    try:
+        data = instantiate(node, augment=None, **no_download).setup()
+    except DataError as error:
+        raise DataError(
+            f"evaluating the test split rebuilds the training data set, which failed: {error}. "
+            "To predict without the training data pass input=<image, folder or CSV>"
+        ) from None
+    changed = spec.difference(data.input_spec())
+    if changed:
+        raise DataError(
+            f"the training data of {ckpt_path} has changed since training (its {changed} differs), so its test "
+            "split is not the one the model was tested on; predict on files with input=<...> instead"
+        )
+    return data
+
+
+def load_trained(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictConfig, BatchedData, nn.Module]:
+    """The checkpoint's model and its training data set on ``device`` (``load_test_data``)."""
+    cfg, spec, model = load_model(ckpt_path, device)
+    return cfg, load_test_data(cfg, spec, ckpt_path).to(device), model
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The training run dir a checkpoint lies in (``<run>/checkpoints/<name>.ckpt``), or None."""
+    run_dir = path.resolve().parent.parent
+    if path.resolve().parent.name == "checkpoints" and (run_dir / "metrics.json").is_file():
+        return run_dir
+    return None
+
+
+def run_test_metrics(ckpt_path: Path) -> dict[str, float]:
+    """The training run's ``test/...`` metrics, from the ``metrics.json`` of the run dir the checkpoint lies
+    in; empty where there is none."""
+    run_dir = run_dir_of(ckpt_path)
+    if run_dir is None:
+        return {}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {key: value for key, value in metrics.items() if key.startswith("test/")}
+
+
+def score(task: Task, outputs: torch.Tensor, targets: torch.Tensor, prefix: str) -> dict[str, float]:
+    """The metrics of outputs already computed, keyed ``<prefix>/<name>``: the trainer's ``evaluate`` of the
+    identity on them, so that they are the very metrics of training."""
+    from trainlab.trainer import evaluate
+
+    return evaluate(nn.Identity(), [(outputs, targets)], task, prefix, torch.device("cpu"))
+
+
+class Predictor:
+    """A trained model that takes raw inputs. ``Predictor.load(path)`` picks the backend by the file: a
+    ``.ckpt`` runs in torch, an ``.onnx`` in ONNX Runtime; both answer the same."""
+
+    backend: str
+
+    def __init__(self, source: Path, spec: InputSpec, test_metrics: dict[str, float]):
+        self.source, self.spec, self.test_metrics = source, spec, test_metrics
+        self.task: Task = spec.task_object()
+
+    @staticmethod
+    def load(path: str | Path, device: str = "auto", num_threads: int | None = None) -> Predictor:
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            return OnnxPredictor(path, device, num_threads)
+        return TorchPredictor(path, device, num_threads)
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        """The model's outputs (N, outputs) on the CPU for raw inputs (N, *input_shape)."""
+        return self.forward(self.check(raw))
+
+    def check(self, raw: torch.Tensor) -> torch.Tensor:
+        """``raw`` as float32, or a ``DataError`` if its inputs are not of the model's input shape."""
+        if list(raw.shape[1:]) != list(self.spec.input_shape):
+            raise DataError(
+                f"inputs of shape {tuple(raw.shape[1:])} do not fit this model, which expects "
+                f"{tuple(self.spec.input_shape)}"
+            )
+        return raw.to(torch.float32)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def answers(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        """One answer per input: ``label``, ``class_index`` and ``probabilities`` (per class name) for
+        classifiers, ``value`` (in the target's units) for regression."""
+        predictions = self.task.predict(outputs).tolist()
+        if not self.task.is_classification:
+            return [{"value": value} for value in predictions]
+        names = self.spec.class_names
+        return [
+            {"label": names[index], "class_index": index, "probabilities": dict(zip(names, probs, strict=True))}
+            for index, probs in zip(predictions, self.task.probabilities(outputs).tolist(), strict=True)
+        ]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "task": self.spec.task,
+            "classes": self.spec.class_names if self.task.is_classification else None,
+            "input_spec": self.spec.to_dict(),
+            "test_metrics": self.test_metrics,
+            "backend": self.backend,
+            "model": self.source.name,
+        }
+
+
+class TorchPredictor(Predictor):
+    backend = "torch"
+
+    def __init__(self, path: Path, device: str = "auto", num_threads: int | None = None):
+        from trainlab.devices import pick_device
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = pick_device(device)
+        _, spec, model = load_model(path, self.device)
+        super().__init__(path, spec, run_test_metrics(path))
+        self.model = InferenceModel(spec, model).to(self.device).eval()
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(raw.to(self.device)).float().cpu()
+
+
+class OnnxPredictor(Predictor):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "auto", num_threads: int | None = None):
+        import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist; export one with python export.py ckpt=<checkpoint>")
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        available = onnxruntime.get_available_providers()
+        gpu = device != "cpu" and "CUDAExecutionProvider" in available
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            meta = self.session.get_modelmeta().custom_metadata_map
+            spec = InputSpec.from_dict(json.loads(meta[INPUT_SPEC_KEY]))
+        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph) as error:
+            raise CheckpointError(f"{path} is not a readable ONNX model ({str(error).splitlines()[0]})") from None
+        except (KeyError, json.JSONDecodeError):
+            raise CheckpointError(
+                f"{path} has no trainlab input spec in its metadata; export it with export.py"
+            ) from None
+        super().__init__(path, spec, json.loads(meta.get(METRICS_KEY, "{}")))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: raw.numpy()})[0])
+
+
+RUN_FILES = ("checkpoints", "tensorboard", ".hydra", "metrics.json")  # what a training run wrote
+
+
+def beside(ckpt_path: Path, name: str) -> Path:
+    """``name`` in the run dir the checkpoint lies in, else in the current folder: where predict's metrics
+    and an export go by default."""
+    return (run_dir_of(ckpt_path) or Path.cwd()) / name
+
+
+def output_path(given: str | Path | None, default: Path) -> Path:
+    """Where predict or export writes: ``given`` (``output=``), else ``default``; never over a training run's
+    own files (its checkpoints, TensorBoard events, config or metrics.json)."""
+    if given is None:
+        return default
+    path = Path(given).resolve()
+    for folder in path.parents:
+        if (folder / "checkpoints").is_dir() and (folder / "metrics.json").is_file():
+            part = path.relative_to(folder).parts[0]
+            if part in RUN_FILES:
+                raise CheckpointError(
+                    f"output={given} is a file of the training run in {folder} ({part}); choose another output"
+                )
+    return path

@@ -1,0 +1,335 @@
+"""A REST server for a trained model: FastAPI on uvicorn, a ``.ckpt`` in torch or an ``.onnx`` in ONNX
+Runtime (``trainlab.inference.Predictor``), the same API and answers.
+
+    GET  /health     {"status": "ok"}
+    GET  /metadata   task, classes, input spec, the training run's test metrics, backend
+    POST /predict    image files (multipart), or JSON {"images": [base64...]}, {"rows": [{column: value}]},
+                     {"inputs": [raw input arrays]}; answers {"predictions": [{label, class_index,
+                     probabilities} or {value}, ...]}, one per input, in order
+
+Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
+event loop keeps reading requests; each batch takes every input that has arrived, waiting up to
+``max_wait_ms`` for requests that are still being read, up to ``max_batch_size`` inputs. Every bad request
+is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from trainlab.dataloader.inputs import encode_rows, read_image
+from trainlab.errors import ConfigError, DataError
+from trainlab.inference import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    """A request the server cannot answer, with its HTTP status (4xx) and the problem."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class PredictRequest(BaseModel):
+    """The JSON body of ``POST /predict``: one of its fields, each a list (one input or many)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] | None = Field(None, description="base64-encoded image files (PNG, JPEG...)")
+    rows: list[dict[str, Any]] | None = Field(None, description="table rows: {column: value}; null: missing")
+    inputs: list[Any] | None = Field(
+        None, description="raw inputs as arrays: images (C, H, W) in [0, 1] at the trained size; encoded rows"
+    )
+
+
+class Batcher:
+    """Runs the predictor on batches gathered from concurrent requests, in one worker thread."""
+
+    def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float):
+        self.predictor, self.max_batch_size, self.max_wait = predictor, max_batch_size, max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.reading = 0  # requests being read whose inputs will come to the queue
+
+    @contextlib.contextmanager
+    def reading_request(self) -> Iterator[None]:
+        """Around the reading of a request: a batch may wait for it (up to ``max_wait_ms``)."""
+        self.reading += 1
+        try:
+            yield
+        finally:
+            self.reading -= 1
+
+    async def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((raw, future))
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            size, deadline = len(batch[0][0]), loop.time() + self.max_wait
+            while size < self.max_batch_size:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                elif self.reading and loop.time() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+                    continue
+                else:
+                    break
+                size += len(batch[-1][0])
+            raws, futures = zip(*batch, strict=True)
+            try:
+                outputs = await loop.run_in_executor(self.executor, self.predictor, torch.cat(raws))
+            except Exception as error:  # a bug: each waiting request answers 500 with it
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for future, part in zip(futures, outputs.split([len(r) for r in raws]), strict=True):
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result(part)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) answers 413."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await error_response(413, self.too_large())(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BadRequest(413, self.too_large())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def too_large(self) -> str:
+        return (
+            f"the request body is over the limit of {self.max_bytes / 1e6:g} MB (max_body_mb); send fewer inputs"
+        )
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
+    """The FastAPI application serving ``predictor`` with the settings of ``conf/serve.yaml``."""
+    spec, max_inputs = predictor.spec, cfg.max_inputs
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = asyncio.create_task(app.state.batcher.run())
+        yield
+        worker.cancel()
+        app.state.batcher.close()
+
+    app = FastAPI(
+        title=f"trainlab: {predictor.source.name}",
+        description=f"A {spec.task} model on {spec.kind} inputs, served with {predictor.backend}.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms)
+    app.add_middleware(BodyLimit, max_bytes=int(cfg.max_body_mb * 1e6))
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest):
+        return error_response(error.status, str(error))
+
+    @app.exception_handler(DataError)
+    async def bad_data(request: Request, error: DataError):
+        return error_response(400, str(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        return error_response(422, describe(error.errors()))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception):  # a bug in trainlab, still answered as JSON
+        log.exception("error answering %s", request.url.path)
+        return error_response(500, f"internal error ({type(error).__name__}: {error})")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        return predictor.metadata() | {"max_inputs": max_inputs, "max_body_mb": cfg.max_body_mb}
+
+    body_schema = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+        },
+    }
+
+    @app.post("/predict", openapi_extra={"requestBody": body_schema})
+    async def predict(request: Request) -> JSONResponse:
+        """Image files (multipart, any field name) or JSON (images as base64, rows, or raw inputs); one
+        answer per input, in order: ``{"predictions": [{"label", "class_index", "probabilities"}]}``, or
+        ``[{"value"}]`` for regression."""
+        batcher: Batcher = request.app.state.batcher
+        with batcher.reading_request():
+            raw = predictor.check(await read_request(request, spec, max_inputs))
+        # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
+        return JSONResponse({"predictions": predictor.answers(await batcher(raw))})
+
+    return app
+
+
+async def read_request(request, spec, max_inputs: int) -> torch.Tensor:
+    """The raw inputs of a ``POST /predict`` request."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_inputs, max_fields=max_inputs)
+        except HTTPException as error:  # starlette's: too many files or fields, a malformed form
+            status = 413 if "Too many" in str(error.detail) else error.status_code
+            raise BadRequest(
+                status, f"the form could not be read: {error.detail} (max_inputs={max_inputs})"
+            ) from None
+        files = [
+            (value.filename or key, await value.read())
+            for key, value in form.multi_items()
+            if not isinstance(value, str)
+        ]
+        if not files:
+            raise BadRequest(400, "the form holds no file; send images as -F file=@photo.png")
+        return images(spec, files)
+    if not content_type.startswith("application/json"):
+        raise BadRequest(
+            415, f"content-type {content_type or 'none'}: send multipart/form-data files or application/json"
+        )
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise BadRequest(422, describe(error.errors())) from None
+    given = [name for name, value in body if value is not None]
+    if len(given) != 1:
+        raise BadRequest(422, f"give one of images, rows or inputs, not {given or 'none'}")
+    values = getattr(body, given[0])
+    if not values:
+        raise BadRequest(422, f"{given[0]} is empty; give at least one input")
+    if len(values) > max_inputs:
+        raise BadRequest(
+            413, f"{len(values)} inputs are more than the limit of {max_inputs} per request (max_inputs)"
+        )
+    if body.images is not None:
+        return images(spec, [(f"images[{i}]", decode_base64(i, text)) for i, text in enumerate(body.images)])
+    if body.rows is not None:
+        return rows(spec, body.rows)
+    try:
+        return torch.tensor(body.inputs, dtype=torch.float32)
+    except (ValueError, TypeError) as error:
+        raise BadRequest(422, f"inputs are not arrays of numbers of one shape ({error})") from None
+
+
+def images(spec, files: list[tuple[str, bytes]]) -> torch.Tensor:
+    if spec.kind != "image":
+        raise BadRequest(400, 'this model takes table rows, not images: send JSON {"rows": [{column: value}]}')
+    return torch.stack([read_image(io.BytesIO(data), spec.input_shape, name) for name, data in files])
+
+
+def decode_base64(index: int, text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(400, f"images[{index}] is not base64 text; encode the image file's bytes") from None
+
+
+def rows(spec, given: list[dict[str, Any]]) -> torch.Tensor:
+    if spec.kind != "table":
+        raise BadRequest(400, "this model takes images, not table rows: send image files or base64 images")
+    known = {column["name"] for column in spec.columns} | {spec.target}
+    for i, row in enumerate(given):
+        nested = [name for name, value in row.items() if isinstance(value, dict | list)]
+        if nested:
+            raise BadRequest(400, f"rows[{i}][{nested[0]!r}] is not a number or text: a cell holds one value")
+        unknown = sorted(set(row) - known)
+        if unknown:
+            raise BadRequest(
+                400,
+                f"rows[{i}] has unknown column(s) {', '.join(unknown)}; the model's columns are "
+                f"{', '.join(c['name'] for c in spec.columns)}",
+            )
+    return encode_rows(spec, given, "the rows")
+
+
+def describe(errors: list[dict[str, Any]]) -> str:
+    """pydantic's validation errors as one line: ``rows.0: Input should be a valid dictionary; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
+
+
+def serve(cfg: DictConfig) -> None:
+    """Load ``cfg.ckpt`` (a .ckpt or an .onnx), then serve it until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    for key in ("max_batch_size", "max_inputs"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
+    predictor = Predictor.load(Path(to_absolute_path(cfg.ckpt)), cfg.device, cfg.num_threads)
+    log.info(
+        "serving %s (%s, %s on %s inputs; test metrics %s)",
+        predictor.source,
+        predictor.backend,
+        predictor.spec.task,
+        predictor.spec.kind,
+        json.dumps(predictor.test_metrics),
+    )
+    uvicorn.run(
+        create_app(predictor, cfg),
+        host=cfg.host,
+        port=cfg.port,
+        access_log=cfg.access_log,
+        timeout_graceful_shutdown=cfg.graceful_shutdown_s,
+        log_level="info",
+    )
