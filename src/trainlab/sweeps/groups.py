@@ -12,10 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from trainlab.sweeps.summary import common_overrides, fmt, markdown_row, write_atomically
 
@@ -33,8 +36,9 @@ def override_key(override: str) -> str:
 
 def group_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The groups of ``summary.collect_rows``'s rows, best mean monitor first (groups without a finished
-    member last). Each has its ``overrides`` (without seed and fold), its ``members`` (rows), ``n``,
-    ``failed`` and ``stats``: ``{metric: (mean, std)}``, the std None for fewer than two values."""
+    member last). Each has its ``overrides`` (without seed and fold), its ``members`` (rows) and the
+    ``finished`` ones among them, their number ``n``, the number of the others (``failed``: failed or
+    pruned), and ``stats``: ``{metric: (mean, std)}``, the std None for fewer than two values."""
     groups: dict[frozenset, dict[str, Any]] = {}
     for row in rows:
         overrides = [o for o in row["overrides"] if override_key(o) not in REPEAT_KEYS]
@@ -42,13 +46,13 @@ def group_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     monitor, mode = rows[0]["monitor"], rows[0]["monitor_mode"]
     for group in groups.values():
         finished = [row for row in group["members"] if row["status"] == "ok" and row["best_score"] is not None]
-        group["n"], group["failed"] = len(finished), len(group["members"]) - len(finished)
+        group.update(finished=finished, n=len(finished), failed=len(group["members"]) - len(finished))
         metrics = [{**row["val"], **row["test"]} for row in finished]
-        values = {monitor: [row["best_score"] for row in finished]}  # the monitor first, then val/, test/
-        for key in sorted(
+        names = sorted(
             {key for run in metrics for key in run} - {monitor}, key=lambda k: (k.startswith("test/"), k)
-        ):
-            values[key] = [run[key] for run in metrics if key in run]
+        )
+        values = {monitor: [row["best_score"] for row in finished]}  # the monitor first, then val/, then test/
+        values |= {key: [run[key] for run in metrics if key in run] for key in names}
         group["stats"] = {key: mean_and_std(numbers) for key, numbers in values.items()}
 
     def rank_key(group: dict) -> tuple:
@@ -81,7 +85,7 @@ def write_groups(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     cells = [
         [str(rank), " ".join(group["overrides"]), str(group["n"]), str(group["failed"])]
         + [fmt(value, full=True) for metric in metrics for value in group["stats"].get(metric, (None, None))]
-        + [" ".join(str(row["job"]) for row in group["members"])]
+        + [" ".join(str(job) for job in sorted(row["job"] for row in group["members"]))]
         for rank, group in enumerate(groups, 1)
     ]
     text = io.StringIO()
@@ -133,22 +137,31 @@ def groups_title(groups: list[dict[str, Any]], rows: list[dict[str, Any]]) -> st
     )
 
 
-def report_groups(sweep_dir: Path, rows: list[dict[str, Any]], console) -> None:
-    """At the end of a sweep with repeats: print the grouped table, draw ``groups.png`` and write the table
-    as TensorBoard text."""
+def print_groups(sweep_dir: Path, rows: list[dict[str, Any]], console) -> None:
+    """The grouped table on ``console`` (a rich Console) and where its picture is, if runs were repeated."""
+    from rich.table import Table
+
     groups = group_runs(rows)
     if not repeated(groups):
         return
-    from rich.table import Table
-
     header, cells = readable_table(groups)
     printed = Table(*header, title=groups_title(groups, rows), title_justify="left")
     for cells_of_row in cells:
         printed.add_row(*cells_of_row)
     console.print(printed)
-    if draw_curves(sweep_dir / PICTURE_FILE, groups, rows[0]["monitor"]):
-        console.print(f"validation curves per group: {sweep_dir / PICTURE_FILE}")
-    write_tensorboard_text(sweep_dir / TENSORBOARD_DIR, groups_title(groups, rows), header, cells)
+    if (sweep_dir / PICTURE_FILE).exists():
+        console.print(f"validation curves of the groups: {sweep_dir / PICTURE_FILE}")
+
+
+def write_pictures(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Where runs were repeated, draw ``groups.png`` and write the grouped table as TensorBoard text. Done
+    after every job, in the job's process: at the sweep's exit (``print_summary``) the interpreter can no
+    longer import what they need (TensorBoard's reader starts a thread pool)."""
+    groups = group_runs(rows) if rows else []
+    if not repeated(groups):
+        return
+    draw_curves(sweep_dir / PICTURE_FILE, groups, rows[0]["monitor"])
+    write_tensorboard_text(sweep_dir / TENSORBOARD_DIR, groups_title(groups, rows), *readable_table(groups))
 
 
 def validation_curve(run_dir: Path, tag: str) -> list[float]:
@@ -159,6 +172,14 @@ def validation_curve(run_dir: Path, tag: str) -> list[float]:
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
     events.Reload()
     return [event.value for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def mean_curve(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per epoch, the mean and the std (0 for one value) over the curves that reached that epoch."""
+    per_epoch = [
+        mean_and_std([c[epoch] for c in curves if len(c) > epoch]) for epoch in range(max(map(len, curves)))
+    ]
+    return np.array([mean for mean, _ in per_epoch]), np.array([std or 0.0 for _, std in per_epoch])
 
 
 def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
@@ -174,21 +195,16 @@ def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
     common = common_overrides(groups)
     drawn = 0
     for group in [group for group in groups if group["n"]][:MAX_CURVES]:
-        curves = [validation_curve(sweep_dir / row["run_dir"], monitor) for row in group["members"]]
+        curves = [validation_curve(sweep_dir / row["run_dir"], monitor) for row in group["finished"]]
         curves = [curve for curve in curves if curve]
         if not curves:
             continue
-        per_epoch = [[c[epoch] for c in curves if len(c) > epoch] for epoch in range(max(map(len, curves)))]
-        mean = [statistics.fmean(values) for values in per_epoch]
-        std = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_epoch]
-        epochs = range(1, len(mean) + 1)
+        mean, std = mean_curve(curves)
+        epochs = np.arange(1, len(mean) + 1)
         name = " ".join(o for o in group["overrides"] if o not in common) or "all runs"
-        (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=f"{name} (n={len(curves)})")
-        low, high = (
-            [m - s for m, s in zip(mean, std, strict=True)],
-            [m + s for m, s in zip(mean, std, strict=True)],
-        )
-        axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        label = f"{name} (n={len(curves)})".replace("$", r"\$")  # not matplotlib's maths (interpolations)
+        (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=label)
+        axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         drawn += 1
     if drawn:
         title = f"{monitor} per epoch: mean ± 1 std over each group's runs"
@@ -199,18 +215,24 @@ def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         figure.tight_layout()
-        temporary = path.with_name(f".{path.name}.tmp.png")
+        temporary = path.with_name(
+            f".{path.stem}.{os.getpid()}.png"
+        )  # jobs in parallel: each its own, then renamed
         figure.savefig(temporary, dpi=120)
-        temporary.replace(path)
+        os.replace(temporary, path)
     plt.close(figure)
     return bool(drawn)
 
 
 def write_tensorboard_text(folder: Path, title: str, header: list[str], cells: list[list[str]]) -> None:
-    """The grouped table as Markdown in TensorBoard's Text tab (a run named ``groups``); rewritten whole, so
-    a sweep continued later shows its newest table only."""
+    """The grouped table as Markdown in TensorBoard's Text tab (a run named ``groups``). One events file,
+    replaced whole each time (written beside it, then renamed, as jobs in parallel may do this at once)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    shutil.rmtree(folder, ignore_errors=True)
-    with SummaryWriter(folder) as writer:
+    temporary = folder.with_name(f".{folder.name}.{os.getpid()}")
+    with SummaryWriter(temporary) as writer:
         writer.add_text("groups", "\n".join([f"**{title}**", "", *markdown_table(header, cells)]))
+    folder.mkdir(exist_ok=True)
+    (written,) = temporary.glob("events.out.tfevents.*")
+    os.replace(written, folder / "events.out.tfevents.groups")
+    shutil.rmtree(temporary)

@@ -56,7 +56,10 @@ class SweepSummary(Callback):
             "wall_time_s": round(time.perf_counter() - self.job_started, 2),
         }
         write_atomically(Path(config.hydra.runtime.output_dir) / JOB_FILE, json.dumps(record, indent=2) + "\n")
-        write_summary(Path(config.hydra.sweep.dir))
+        from trainlab.sweeps import groups  # which imports this module's table helpers
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        groups.write_pictures(sweep_dir, write_summary(sweep_dir))  # groups.png, the grouped table in TensorBoard
 
 
 def job_status(error: BaseException | None) -> str:
@@ -192,7 +195,7 @@ def print_summary(sweep_dir: Path, since: float) -> None:
     if common := common_overrides(rows):
         console.print(f"all jobs: {' '.join(common)}")
     console.print(printed)
-    groups.report_groups(sweep_dir, rows, console)
+    groups.print_groups(sweep_dir, rows, console)
     console.print(f"written to {sweep_dir / 'summary.md'}, summary.csv and groups.csv")
 
 
