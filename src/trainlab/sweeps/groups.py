@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import shutil
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +193,12 @@ def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
     import matplotlib.pyplot as plt
 
     sweep_dir = path.parent
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
     common = common_overrides(groups)
+    drawable = [group for group in groups if group["n"]][:MAX_CURVES]
+    columns = 1 if len(drawable) <= 3 else 2  # of the legend
     drawn = 0
-    for group in [group for group in groups if group["n"]][:MAX_CURVES]:
+    for group in drawable:
         curves = [validation_curve(sweep_dir / row["run_dir"], monitor) for row in group["finished"]]
         curves = [curve for curve in curves if curve]
         if not curves:
@@ -202,7 +206,7 @@ def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
         mean, std = mean_curve(curves)
         epochs = np.arange(1, len(mean) + 1)
         name = " ".join(o for o in group["overrides"] if o not in common) or "all runs"
-        label = f"{name} (n={len(curves)})".replace("$", r"\$")  # not matplotlib's maths (interpolations)
+        label = textwrap.fill(f"{name} (n={len(curves)})", 110 // columns).replace("$", r"\$")  # $: not maths
         (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=label)
         axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         drawn += 1
@@ -213,11 +217,9 @@ def draw_curves(path: Path, groups: list[dict[str, Any]], monitor: str) -> bool:
         axes.set(xlabel="epoch", ylabel=monitor, title=title)
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-        figure.tight_layout()
-        temporary = path.with_name(
-            f".{path.stem}.{os.getpid()}.png"
-        )  # jobs in parallel: each its own, then renamed
+        figure.set_figheight(5 + 0.2 * math.ceil(drawn / columns))  # room for the legend below
+        figure.legend(loc="outside lower center", ncols=columns, fontsize="small")  # covers no curve
+        temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")  # jobs in parallel: each its own, renamed
         figure.savefig(temporary, dpi=120)
         os.replace(temporary, path)
     plt.close(figure)
