@@ -31,9 +31,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(cfg: DictConfig) -> BatchedData:
-    """The data set of ``cfg.dataset`` (with ``cfg.augment``), set up: loaded, split, preprocessing fitted."""
+    """The data set of ``cfg.dataset`` (with ``cfg.augment`` and the fold of ``cfg.cv``), set up: loaded,
+    split, preprocessing fitted."""
     augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
-    return instantiate(cfg.dataset, augment=augment).setup()
+    cv = instantiate(cfg.cv) if cfg.get("cv") else None
+    return instantiate(cfg.dataset, augment=augment, cv=cv).setup()
 
 
 def build_model(cfg: DictConfig, input_shape: list[int], num_outputs: int, pretrained: bool = True) -> nn.Module:

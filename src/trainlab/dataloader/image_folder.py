@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import to_absolute_path
@@ -22,6 +23,9 @@ from trainlab.dataloader.inputs import read_class_folders
 from trainlab.dataloader.tensors import check_fractions, split
 from trainlab.errors import DataError
 from trainlab.tasks import Task
+
+if TYPE_CHECKING:
+    from trainlab.dataloader.folds import KFold
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ class ImageFolderData(BatchedData):
     """``root/<class>/<image>``, or ``root/train/<class>/...`` with optional ``val/`` and ``test/`` beside it.
 
     A split without its own folder is a seeded fraction: ``test_fraction`` of the training images, then
-    ``val_fraction`` of the rest.
+    ``val_fraction`` of the rest, or with ``cv`` that fold of the rest (``conf/cv/``; not with a ``val/``).
 
     Args:
         root: the folder.
@@ -76,6 +80,7 @@ class ImageFolderData(BatchedData):
         pin_memory: bool,
         persistent_workers: bool,
         augment=None,
+        cv: KFold | None = None,
     ):
         super().__init__(batch_size, seed, augment)
         if root is None:
@@ -91,7 +96,7 @@ class ImageFolderData(BatchedData):
             else (torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1))
         )
         self.root = Path(to_absolute_path(root))
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.val_fraction, self.test_fraction, self.cv = val_fraction, test_fraction, cv
         self.loader_settings = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
@@ -110,6 +115,11 @@ class ImageFolderData(BatchedData):
             raise DataError(f"dataset.root={self.root} is not a folder; point it at your image folder")
         nested = (self.root / "train").is_dir()
         folders = {name: self.root / name for name in SPLITS if (self.root / name).is_dir()} if nested else {}
+        if self.cv and "val" in folders:
+            raise DataError(
+                f"cv=kfold makes validation folds of the training images, but {folders['val']} is a fixed "
+                "validation split: move its images into train/, or drop cv=kfold"
+            )
         train = read_class_folders(folders.get("train", self.root), self.input_shape)
         self.classes = list(train.classes)
         if len(self.classes) < 2:
@@ -126,7 +136,10 @@ class ImageFolderData(BatchedData):
                         f"have {self.classes}; give every split the same class folders"
                     )
             else:
-                kept, held = split(kept, fraction, generator)
+                if name == "val" and self.cv:
+                    kept, held = self.cv.split(kept, torch.as_tensor(train.targets)[kept], self.seed)
+                else:
+                    kept, held = split(kept, fraction, generator)
                 self.subsets[name] = Subset(train, held.tolist())
         self.subsets["train"] = Subset(train, kept.tolist())
         self.task = Task("multiclass", num_classes=len(self.classes))

@@ -24,6 +24,7 @@ from trainlab.tasks import Kind, Task
 
 if TYPE_CHECKING:
     from trainlab.dataloader.augment import Augment
+    from trainlab.dataloader.folds import KFold
 
 
 @dataclass
@@ -70,6 +71,8 @@ class TensorData(BatchedData):
         seed: fixes the splits and every epoch's order.
         normalize: standardise the inputs (how: ``ImageData``, ``TableData``).
         augment: batched augmentation of training batches (``conf/augment/``); None: none.
+        cv: the fold of k-fold cross-validation (``conf/cv/``) that replaces the ``val_fraction`` split;
+            None: none.
     """
 
     def __init__(
@@ -82,11 +85,12 @@ class TensorData(BatchedData):
         seed: int,
         normalize: bool,
         augment: Augment | None = None,
+        cv: KFold | None = None,
     ):
         super().__init__(batch_size, seed, augment)
         check_fractions(val_fraction, test_fraction)
         self.task_kind, self.val_fraction, self.test_fraction = task, val_fraction, test_fraction
-        self.normalize = normalize
+        self.normalize, self.cv = normalize, cv
 
     def load(self) -> Splits:
         raise NotImplementedError
@@ -98,13 +102,21 @@ class TensorData(BatchedData):
         self.feature_names = [str(n) for n in splits.feature_names] if splits.feature_names is not None else None
         x, y = splits.x_train.float(), splits.y_train
         generator = torch.Generator().manual_seed(self.seed)
-        kept = torch.arange(len(y))
+        kept, test = torch.arange(len(y)), None
         if splits.x_test is None:
             kept, test = split(kept, self.test_fraction, generator)
             self.x_test, self.y_test = x[test], y[test]
         else:
             self.x_test, self.y_test = splits.x_test.float(), splits.y_test
-        train, val = split(kept, self.val_fraction, generator)  # indices into x: each sample copied once
+        # indices into x: each sample copied once
+        train, val = (
+            self.cv.split(kept, y[kept], self.seed) if self.cv else split(kept, self.val_fraction, generator)
+        )
+        self.indices = {
+            "train": train,
+            "val": val,
+            "test": test,
+        }  # which loaded sample went where (test: held out)
         self.x_train, self.y_train, self.x_val, self.y_val = x[train], y[train], x[val], y[val]
 
         self.input_shape = tuple(self.x_train.shape[1:])

@@ -79,6 +79,10 @@ class OptunaSearch:
         params = [f"{key}={value}" for key, value in self.params.items()]
         overrides = OverridesParser.create(config_loader=self.config_loader).parse_overrides(params + arguments)
         by_key = {o.get_key_element(): o for o in overrides}  # the command line's win over params
+        if "cv.fold" in by_key and by_key["cv.fold"].is_sweep_override():  # conf/cv/kfold.yaml's sweep
+            raise SweepError(
+                "cv=kfold sweeps the folds, which a search would pick as a hyper-parameter: drop cv=kfold"
+            )
         space = {key: distribution(o) for key, o in by_key.items() if o.is_sweep_override()}
         fixed = [o.input_line for o in by_key.values() if not o.is_sweep_override()]
         sweep_dir = Path(self.config.hydra.sweep.dir)

@@ -56,11 +56,14 @@ class SweepSummary(Callback):
             "wall_time_s": round(time.perf_counter() - self.job_started, 2),
         }
         write_atomically(Path(config.hydra.runtime.output_dir) / JOB_FILE, json.dumps(record, indent=2) + "\n")
-        write_summary(Path(config.hydra.sweep.dir))
+        from trainlab.sweeps import groups  # which imports this module's table helpers
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        groups.write_pictures(sweep_dir, write_summary(sweep_dir))  # groups.png, the grouped table in TensorBoard
         if record["status"] == "ok":  # TensorBoard's HParams dashboard: the sweep's settings and metrics
             from trainlab.sweeps.tensorboard import write_experiment
 
-            write_experiment(Path(config.hydra.sweep.dir), config)
+            write_experiment(sweep_dir, config)
 
 
 def job_status(error: BaseException | None) -> str:
@@ -89,6 +92,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         row["best_epoch"] = metrics.get("best_epoch")
         row["best_score"] = metrics.get("best_score")
         row["test"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
+        row["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}  # at the best epoch
         row["run_dir"] = str(job_file.parent.relative_to(sweep_dir))
         rows.append(row)
 
@@ -149,7 +153,9 @@ def title(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """(Re)write ``summary.csv`` and ``summary.md`` from the jobs found under ``sweep_dir``."""
+    """(Re)write ``summary.csv``, ``summary.md`` and ``groups.csv`` from the jobs found under ``sweep_dir``."""
+    from trainlab.sweeps import groups  # which imports this module's table helpers
+
     rows = collect_rows(sweep_dir)
     if not rows:
         return rows
@@ -163,6 +169,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     if common := common_overrides(rows):
         lines += [f"All jobs: `{' '.join(common)}`", ""]
     lines += [markdown_row(header), markdown_row(["---"] * len(header)), *map(markdown_row, cells)]
+    lines += groups.write_groups(sweep_dir, rows)  # groups.csv; the grouped table where runs were repeated
     write_atomically(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
@@ -177,6 +184,8 @@ def print_summary(sweep_dir: Path, since: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from trainlab.sweeps import groups
+
     if not any(job_file.stat().st_mtime >= since for job_file in sweep_dir.rglob(JOB_FILE)):
         return
     rows = write_summary(sweep_dir)
@@ -190,7 +199,8 @@ def print_summary(sweep_dir: Path, since: float) -> None:
     if common := common_overrides(rows):
         console.print(f"all jobs: {' '.join(common)}")
     console.print(printed)
-    console.print(f"written to {sweep_dir / 'summary.md'} and summary.csv")
+    groups.print_groups(sweep_dir, rows, console)
+    console.print(f"written to {sweep_dir / 'summary.md'}, summary.csv and groups.csv")
 
 
 def write_atomically(path: Path, text: str) -> None:
