@@ -236,6 +236,7 @@ def image_run(tmp_path_factory):
         "dataset.image_size=16",
         "dataset.batch_size=16",
         "dataset.num_workers=1",
+        "dataset.memory_budget=0",  # streamed: the in-memory path is tested in test_image_folders.py
         "model=cnn",
         "augment=standard",
         "augment.ops.crop.padding=2",
