@@ -69,7 +69,9 @@ def in_batches(images: Dataset, workers: int, description: str) -> Iterator[tupl
     batch), with a progress bar on a terminal."""
     batches = math.ceil(len(images) / DECODE_BATCH)
     workers = min(workers, batches) if batches > 1 else 0
-    loader = DataLoader(images, batch_size=DECODE_BATCH, num_workers=workers)
+    # its own generator: iterating draws a seed, which must not come from the global RNG (a run that decodes
+    # would initialise its model differently from one that reads the cache)
+    loader = DataLoader(images, batch_size=DECODE_BATCH, num_workers=workers, generator=torch.Generator())
     with Progress(description, len(images), enabled=sys.stdout.isatty()) as bar:
         for x, y in loader:
             yield x, y
