@@ -222,16 +222,17 @@ def encode_features(
         if column["type"] == "number":
             numbers = as_numbers(values, na_values, column["name"])
             incomplete |= np.isnan(numbers)
-            blocks.append(numbers[:, None])
+            blocks.append(numbers[None, :])
         else:
             text = as_text(values, na_values)
             incomplete |= text.isna().to_numpy()
             codes = pd.Index(column["categories"]).get_indexer(text)  # missing or unseen: -1
-            one_hot = np.zeros((len(frame), len(column["categories"])), dtype=np.float32)
+            one_hot = np.zeros((len(column["categories"]), len(frame)), dtype=np.float32)
             known = codes >= 0
-            one_hot[np.flatnonzero(known), codes[known]] = 1.0
+            one_hot[codes[known], np.flatnonzero(known)] = 1.0
             blocks.append(one_hot)
-    return torch.from_numpy(np.concatenate(blocks, axis=1)), incomplete
+    # features as rows, then one transposing copy: several times faster than joining (N, k) blocks side by side
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(blocks, axis=0).T)), incomplete
 
 
 def encode_rows(

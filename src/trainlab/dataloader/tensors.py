@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from trainlab.dataloader.base import Batch, BatchedData, Normalization
@@ -249,11 +250,18 @@ class TableData(TensorData):
 
     def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
         self.columns = splits.columns or [{"name": name, "type": "number"} for name in self.feature_names]
-        self.fill = torch.nanmean(self.x_train, 0).nan_to_num(0.0)
-        self.x_train = torch.where(self.x_train.isnan(), self.fill, self.x_train)
+        # numpy: its reductions over the rows of an (N, F) array are several times faster than torch's
+        x = self.x_train.numpy()
+        missing = np.isnan(x)
+        present = np.maximum((~missing).sum(0), 1)
+        fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
+        if missing.any():
+            x = np.where(missing, fill.astype(np.float32), x)
+        self.fill, self.x_train = torch.from_numpy(fill).float(), torch.from_numpy(x)
         features = self.input_shape[0]
         if self.normalize:
-            self.mean, self.std = self.fitted_statistics([0])
+            self.mean = torch.from_numpy(x.mean(0, dtype=np.float64)).float()
+            self.std = torch.from_numpy(x.std(0, ddof=1, dtype=np.float64)).float().clamp_min(1e-6)
         else:
             self.mean, self.std = torch.zeros(features), torch.ones(features)
         one_hot = torch.tensor(
