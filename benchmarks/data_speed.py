@@ -295,7 +295,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big-rounds", type=int, default=1, help="rounds for tables of over a million rows")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the image part")
-    parser.add_argument("--fashion-mnist", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument(
+        "--fashion-mnist", type=Path, default=ROOT.parent / "shared" / "datasets", help="holds FashionMNIST/raw"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/trainlab-data-speed"))
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child", choices=["trainlab", "pandas"], help=argparse.SUPPRESS)

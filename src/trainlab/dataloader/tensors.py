@@ -32,8 +32,9 @@ class Splits:
     """What ``load()`` returns: features as float tensors, targets as int64 (classes) or float32 (values).
 
     ``x_test`` (``x_val``) is None where a data set has no test (validation) split of its own; a seeded
-    held-out fraction is used (``split_samples``). Tables may hold NaN for missing values (imputed with the training means) and name their raw
-    ``columns`` (see ``InputSpec.columns``, without ``fill``); ``kind`` is the task where the data decides it.
+    held-out fraction is used (``split_samples``). Tables may hold NaN for missing values (imputed with the
+    training means) and name their raw ``columns`` (see ``InputSpec.columns``, without ``fill``); ``kind``
+    is the task where the data decides it.
     """
 
     x_train: torch.Tensor
