@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from trainlab.dataloader.inputs import read_class_folders
 from trainlab.errors import ConfigError, DataError
 from trainlab.predict import predict
 from trainlab.run import build_data, train
@@ -79,15 +80,24 @@ def test_without_cv_the_val_fraction_is_held_out():
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (387, 68, 114)  # 569: 20% test, 15% of rest
 
 
-def test_kfold_of_an_image_folder(tmp_path):
+@pytest.mark.parametrize("memory_budget", [0.5, 0.0], ids=["in-memory", "streamed"])
+def test_kfold_of_an_image_folder(tmp_path, memory_budget):
     write_images(tmp_path / "images", per_class=10)
     folds = []
     for fold in range(5):
         data = make_data(
-            "dataset=image_folder", f"dataset.root={tmp_path / 'images'}", "cv=kfold", f"cv.fold={fold}"
+            "dataset=image_folder",
+            f"dataset.root={tmp_path / 'images'}",
+            f"dataset.memory_budget={memory_budget}",
+            "cv=kfold",
+            f"cv.fold={fold}",
         )
-        folds.append({split: list(data.subsets[split].indices) for split in ("train", "val", "test")})
-    labels = np.array(data.subsets["train"].dataset.targets)
+        assert data.in_memory == (memory_budget > 0)
+        if data.in_memory:
+            folds.append({split: data.indices[split].tolist() for split in ("train", "val", "test")})
+        else:
+            folds.append({split: list(data.subsets[split].indices) for split in ("train", "val", "test")})
+    labels = np.array(read_class_folders(tmp_path / "images", data.input_shape).targets)
     assert_folds_partition_the_pool(folds, len(labels), labels)
 
 

@@ -224,6 +224,53 @@ def test_task_inferred_from_the_target(values, task):
     assert infer_task(values, max_classes=10) == task
 
 
+def write_penguins(path: Path, n: int = 344, seed: int = 0) -> Path:
+    """A table like the Palmer penguins: body mass in grams (thousands) from species, sex and measurements,
+    text columns and a few missing values."""
+    rng = np.random.default_rng(seed)
+    species = rng.choice(["Adelie", "Chinstrap", "Gentoo"], n, p=[0.44, 0.2, 0.36])
+    island = np.where(species == "Gentoo", "Biscoe", rng.choice(["Biscoe", "Dream", "Torgersen"], n))
+    male = rng.random(n) < 0.5
+    typical = pd.Series(species).map({"Adelie": 3700, "Chinstrap": 3730, "Gentoo": 5075}).to_numpy()
+    mass = typical + np.where(male, 340, -340) + rng.normal(0, 300, n)
+    frame = pd.DataFrame(
+        {
+            "species": species,
+            "island": island,
+            "bill_length_mm": (np.where(species == "Adelie", 38.8, 48.0) + 2.5 * male + rng.normal(0, 2, n)).round(
+                1
+            ),
+            "flipper_length_mm": (
+                np.where(species == "Gentoo", 217, 192) + (mass - typical) / 60 + rng.normal(0, 4, n)
+            ).round(),
+            "sex": np.where(male, "male", "female"),
+            "body_mass_g": (mass / 25).round() * 25,
+        }
+    )
+    frame.loc[rng.random(n) < 0.03, "sex"] = None
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_regression_in_grams_learns_with_the_defaults(tmp_path):
+    """Targets in the thousands: standardised for learning by default, metrics and predictions in grams."""
+    data_file = write_penguins(tmp_path / "penguins.csv")
+    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=body_mass_g"]
+    metrics = train(make_config(*FAST, *overrides), tmp_path / "run")  # 10 epochs, the default
+    assert metrics["test/r2"] >= 0.8 and 50 < metrics["test/mae"] < 400  # grams
+    output = tmp_path / "predictions.csv"
+    predict(
+        make_config(
+            f"ckpt={tmp_path}/run/checkpoints/best.ckpt",
+            f"input={data_file}",
+            f"output={output}",
+            config_name="predict",
+        )
+    )
+    predicted = pd.read_csv(output)["prediction"]
+    assert abs(predicted.mean() - pd.read_csv(data_file)["body_mass_g"].mean()) < 100
+
+
 # -- image folders --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
@@ -236,6 +283,7 @@ def image_run(tmp_path_factory):
         "dataset.image_size=16",
         "dataset.batch_size=16",
         "dataset.num_workers=1",
+        "dataset.memory_budget=0",  # streamed: the in-memory path is tested in test_image_folders.py
         "model=cnn",
         "augment=standard",
         "augment.ops.crop.padding=2",

@@ -25,6 +25,7 @@ from torch import nn
 
 from trainlab import checkpoint
 from trainlab.dataloader import BatchedData, InputSpec
+from trainlab.dataloader.folds import KFold
 from trainlab.dataloader.spec import standardize
 from trainlab.errors import CheckpointError, DataError
 from trainlab.tasks import Task
@@ -72,14 +73,21 @@ def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictC
 
 def load_test_data(cfg: DictConfig, spec: InputSpec, ckpt_path: str | Path) -> BatchedData:
     """The data set of a checkpoint's config, to evaluate its test split: built from the ``dataset`` node
-    alone (no augmentation, no download), checked to preprocess as the checkpoint's input spec says.
+    (and the fold of its ``cv`` node) alone (no augmentation, no download), checked to preprocess as the checkpoint's input spec says.
     Needs the training data: a ``DataError`` that says so when it is absent."""
     from hydra.utils import instantiate
 
+    from trainlab.run import expected_normalization
+
     node = checkpoint.trusted_node(cfg, "dataset", "trainlab.dataloader", BatchedData, ckpt_path)
     no_download = {"download": False} if "download" in node else {}
+    cv = (
+        instantiate(checkpoint.trusted_node(cfg, "cv", "trainlab.dataloader.folds", KFold, ckpt_path))
+        if cfg.get("cv")
+        else None
+    )
     try:
-        data = instantiate(node, augment=None, **no_download).setup()
+        data = instantiate(node, augment=None, cv=cv, **no_download).setup(expected_normalization(cfg.model))
     except DataError as error:
         raise DataError(
             f"evaluating the test split rebuilds the training data set, which failed: {error}. "

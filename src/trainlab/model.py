@@ -4,9 +4,10 @@ defaults."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from math import prod
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,6 +106,9 @@ class ResNet(nn.Module):
         return self.net(x)
 
 
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
 class TorchvisionModel(nn.Module):
     """Any torchvision classification model by name (``resnet18``, ``efficientnet_b0``, ``vit_b_16``...),
     its last linear layer (the classifier head) replaced by a fresh one with ``num_outputs`` outputs.
@@ -175,6 +179,13 @@ class TorchvisionModel(nn.Module):
             raise ConfigError(
                 f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
+
+    @staticmethod
+    def input_normalization(settings: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+        """The per-channel (mean, std) the model's starting weights expect of its inputs, from its settings:
+        ImageNet's where it starts from ``weights`` (torchvision's classification weights are ImageNet-trained
+        with these statistics); nothing in particular from a random initialisation."""
+        return (IMAGENET_MEAN, IMAGENET_STD) if settings.get("weights") else None
 
     @property
     def head(self) -> nn.Linear:

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainlab.dataloader import BatchedData
+from trainlab.dataloader.base import Normalization
 from trainlab.errors import ConfigError
 from trainlab.outputs import flat_hparams
 from trainlab.resume import resumed_config
@@ -32,10 +33,20 @@ def seed_everything(seed: int) -> None:
 
 def build_data(cfg: DictConfig) -> BatchedData:
     """The data set of ``cfg.dataset`` (with ``cfg.augment`` and the fold of ``cfg.cv``), set up: loaded,
-    split, preprocessing fitted."""
+    split, preprocessing fitted (images with ``mean``/``std`` null: as ``cfg.model``'s pretrained weights
+    expect, else on the training split)."""
     augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
     cv = instantiate(cfg.cv) if cfg.get("cv") else None
-    return instantiate(cfg.dataset, augment=augment, cv=cv).setup()
+    return instantiate(cfg.dataset, augment=augment, cv=cv).setup(expected_normalization(cfg.get("model")))
+
+
+def expected_normalization(model_cfg: DictConfig | None) -> Normalization | None:
+    """The per-channel (mean, std) the model's starting weights expect of its inputs, where its class says
+    (a static ``input_normalization(settings)``: ``TorchvisionModel`` with ``model.weights``, ImageNet's)."""
+    if model_cfg is None or "_target_" not in model_cfg:
+        return None
+    ask = getattr(get_class(model_cfg._target_), "input_normalization", None)
+    return ask(model_cfg) if ask is not None else None
 
 
 def build_model(cfg: DictConfig, input_shape: list[int], num_outputs: int, pretrained: bool = True) -> nn.Module:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from trainlab.dataloader.augment import Augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Normalization = tuple[list[float], list[float]]  # per-channel (mean, std)
 
 
 class BatchedData:
@@ -48,8 +49,10 @@ class BatchedData:
         self.augment = augment
         self.device = torch.device("cpu")
 
-    def setup(self) -> BatchedData:
-        """Load, split and fit the preprocessing; returns the data set."""
+    def setup(self, normalization: Normalization | None = None) -> BatchedData:
+        """Load, split and fit the preprocessing; returns the data set. ``normalization``: the per-channel
+        (mean, std) the model's pretrained weights expect, used by images whose ``mean``/``std`` are null
+        (``run.expected_normalization``)."""
         raise NotImplementedError
 
     def input_spec(self) -> InputSpec:

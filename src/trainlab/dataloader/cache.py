@@ -1,7 +1,8 @@
 """Decoded data sets cached on disk: the first run decodes the raw files into tensors once and writes them
 to one file; later runs read that file instead of decoding again.
 
-The cache lies next to the raw files (``<folder>/trainlab-cache.pt``). Where that folder is read-only
+The cache lies next to the raw files (``<folder>/trainlab-cache.pt``; ``trainlab-cache-<variant>.pt`` for
+one of several decodings of the same files, e.g. at another image size). Where that folder is read-only
 (no write permission, or its mode marks it read-only, as shared data folders are) it goes to
 ``$XDG_CACHE_HOME/trainlab/`` (default ``~/.cache/trainlab/``) instead. It holds a fingerprint of the raw
 files (name, size and modification time of each), and is decoded again when they change.
@@ -21,20 +22,23 @@ from typing import Any
 import torch
 
 from trainlab import checkpoint
+from trainlab.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-CACHE_NAME = "trainlab-cache.pt"
+CACHE_PREFIX = "trainlab-cache"
+CACHE_NAME = f"{CACHE_PREFIX}.pt"
 
 
-def cache_path(folder: Path) -> Path:
-    """Where the cache of the data set in ``folder`` lives."""
+def cache_path(folder: Path, variant: str = "") -> Path:
+    """Where the cache of the data set in ``folder`` (decoded as ``variant`` says) lives."""
+    suffix = f"-{variant}" if variant else ""
     writable_parent = folder if folder.is_dir() else folder.parent
     if _writable(writable_parent):
-        return folder / CACHE_NAME
+        return folder / f"{CACHE_PREFIX}{suffix}.pt"
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trainlab"
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
-    return user_cache / f"{folder.name}-{key}.pt"
+    return user_cache / f"{folder.name}-{key}{suffix}.pt"
 
 
 def _writable(folder: Path) -> bool:
@@ -44,17 +48,23 @@ def _writable(folder: Path) -> bool:
 
 
 def fingerprint(folder: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime in ns) of every raw file under ``folder``, the cache itself excluded."""
+    """(relative path, size, mtime in ns) of every raw file under ``folder``, the caches themselves and hidden
+    files (a cache being written) excluded."""
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((CACHE_NAME, ".")))
-    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    raw = ((p, p.stat()) for p in folder.rglob("*") if not p.name.startswith((CACHE_PREFIX, ".")))
+    return sorted(
+        (str(p.relative_to(folder)), info.st_size, info.st_mtime_ns)
+        for p, info in raw
+        if stat.S_ISREG(info.st_mode)
+    )
 
 
-def load_or_decode(folder: Path, decode: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def load_or_decode(folder: Path, decode: Callable[[], dict[str, Any]], variant: str = "") -> dict[str, Any]:
     """The tensors ``decode()`` returns for the raw files in ``folder``, read from the cache when it is
-    current, else decoded and cached. ``decode`` may create the folder (a download)."""
-    path = cache_path(folder)
+    current, else decoded and cached. ``decode`` may create the folder (a download). ``variant`` names this
+    decoding among others of the same files (each has its own cache file)."""
+    path = cache_path(folder, variant)
     if path.is_file():
         try:
             cached = torch.load(path, weights_only=True, mmap=True)
@@ -66,10 +76,10 @@ def load_or_decode(folder: Path, decode: Callable[[], dict[str, Any]]) -> dict[s
             return cached["tensors"]
     start = time.perf_counter()
     tensors = decode()
-    path = cache_path(folder)
+    path = cache_path(folder, variant)
     try:
         checkpoint.save({"fingerprint": fingerprint(folder), "tensors": tensors}, path)
-    except OSError as error:
+    except (OSError, CheckpointError) as error:
         log.warning("could not write the data cache %s (%s); the next run decodes again", path, error)
     else:
         log.info("decoded %s in %.1f s and cached it in %s", folder.name, time.perf_counter() - start, path)

@@ -1,15 +1,28 @@
 """A folder of images, one sub-folder per class (torchvision's ImageFolder layout), as a data set
 (``dataset=image_folder``).
 
-Such folders may not fit in memory, so images are decoded by a ``DataLoader`` batch by batch (worker
-processes, pinned memory) and normalised and augmented on the device. The training order is still the
-seeded permutation of ``BatchedData.epoch_order``, handed to the loader through a sampler, so a resumed run
-sees the same batches as an uninterrupted one.
+Two ways to serve it, chosen by size (the log says which):
+
+- **In memory**, where the decoded images fit ``memory_budget`` (a fraction of the memory available): the
+  folder is decoded once, by ``DataLoader`` workers on every core with a progress bar, and cached next to it
+  (``cache.py``; decoded again when its files change), so later runs only read the cache. The images are
+  then held as tensors and served exactly as the built-in data sets are (``TensorData``: batches by index
+  from the seeded permutation, on the device, augmented there, resumable mid-epoch). Decoding PNGs again
+  every epoch costs more than training a small network on them.
+- **Streamed**, where they do not fit: a ``DataLoader`` decodes batch by batch (worker processes, pinned
+  memory), in the same seeded order, handed to it through a sampler, so a resumed run sees the same batches.
+  Statistics to normalise with are computed once on a sample of the training images and cached too.
+
+Both draw the same splits (``tensors.split_samples``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,19 +30,69 @@ from typing import TYPE_CHECKING
 import torch
 from hydra.utils import to_absolute_path
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms.v2.functional import to_dtype
 
-from trainlab.dataloader.base import Batch, BatchedData
+from trainlab.dataloader import cache
+from trainlab.dataloader.base import Batch, Normalization
 from trainlab.dataloader.inputs import read_class_folders
-from trainlab.dataloader.tensors import check_fractions, split
+from trainlab.dataloader.tensors import ImageData, Splits, split_samples
 from trainlab.errors import DataError
-from trainlab.tasks import Task
+from trainlab.progress import Progress
 
 if TYPE_CHECKING:
-    from trainlab.dataloader.folds import KFold
+    pass
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+DECODE_BATCH = 256  # images per batch a decoding worker hands back
+STATISTICS_SAMPLE = 2000  # training images the statistics of a streamed folder are computed on
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new data: Linux's estimate (``MemAvailable``), elsewhere the physical
+    memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def in_batches(images: Dataset, workers: int, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) of ``images`` in order, decoded in batches by ``workers`` processes (none for a single
+    batch), with a progress bar on a terminal."""
+    batches = math.ceil(len(images) / DECODE_BATCH)
+    workers = min(workers, batches) if batches > 1 else 0
+    # its own generator: iterating draws a seed, which must not come from the global RNG (a run that decodes
+    # would initialise its model differently from one that reads the cache)
+    loader = DataLoader(images, batch_size=DECODE_BATCH, num_workers=workers, generator=torch.Generator())
+    with Progress(description, len(images), enabled=sys.stdout.isatty()) as bar:
+        for x, y in loader:
+            yield x, y
+            bar.advance(len(y))
+
+
+def decode_folder(
+    images: ImageFolder, shape: Sequence[int], description: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``images`` (uint8 tensors of ``shape``) and its label, stacked: (N, *shape), (N,)."""
+    x = torch.empty((len(images), *shape), dtype=torch.uint8)
+    y = torch.empty(len(images), dtype=torch.int64)
+    done = 0
+    for batch_x, batch_y in in_batches(images, cores(), description):
+        x[done : done + len(batch_y)], y[done : done + len(batch_y)] = batch_x, batch_y
+        done += len(batch_y)
+    return x, y
 
 
 class _EpochOrder(Sampler[int]):
@@ -46,7 +109,7 @@ class _EpochOrder(Sampler[int]):
         return len(self.order)
 
 
-class ImageFolderData(BatchedData):
+class ImageFolderData(ImageData):
     """``root/<class>/<image>``, or ``root/train/<class>/...`` with optional ``val/`` and ``test/`` beside it.
 
     A split without its own folder is a seeded fraction: ``test_fraction`` of the training images, then
@@ -56,12 +119,14 @@ class ImageFolderData(BatchedData):
         root: the folder.
         image_size: every image is resized to this (an int for square images, or [height, width]).
         channels: 3 (RGB) or 1 (grayscale).
-        normalize: standardise with ``mean`` and ``std`` (per channel; ImageNet's by default, which is what
-            pretrained torchvision weights expect).
-        num_workers, pin_memory, persistent_workers: the ``DataLoader``'s, for decoding in parallel.
+        memory_budget: the share of the available memory the decoded images (float32) may take to be held in
+            memory; larger folders stream. 0: always stream.
+        mean, std: per channel; null: what a pretrained model expects (``setup``), else fitted on the training
+            split.
+        num_workers, pin_memory, persistent_workers: the ``DataLoader``'s of a streamed folder.
     """
 
-    memory_format = torch.preserve_format  # of the batches; ``to(..., channels_last=True)`` changes it
+    memory_format = torch.preserve_format  # of streamed batches; ``to(..., channels_last=True)`` changes it
 
     def __init__(
         self,
@@ -69,88 +134,142 @@ class ImageFolderData(BatchedData):
         root: str | None,
         image_size: int | Sequence[int],
         channels: int,
-        normalize: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        val_fraction: float,
-        test_fraction: float,
-        seed: int,
+        memory_budget: float,
         num_workers: int,
         pin_memory: bool,
         persistent_workers: bool,
-        augment=None,
-        cv: KFold | None = None,
+        **settings,
     ):
-        super().__init__(batch_size, seed, augment)
+        super().__init__(**settings)
         if root is None:
             raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
         if channels not in (1, 3):
             raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
-        check_fractions(val_fraction, test_fraction)
+        if (
+            isinstance(memory_budget, bool)
+            or not isinstance(memory_budget, int | float)
+            or not 0 <= memory_budget <= 1
+        ):
+            raise DataError(
+                f"dataset.memory_budget is a share of the available memory, in [0, 1]; got {memory_budget}"
+            )
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.input_shape = (channels, height, width)
-        self.mean, self.std = (
-            (self._channel_stat(mean, "mean"), self._channel_stat(std, "std"))
-            if normalize
-            else (torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1))
-        )
         self.root = Path(to_absolute_path(root))
-        self.val_fraction, self.test_fraction, self.cv = val_fraction, test_fraction, cv
+        self.memory_budget = memory_budget
         self.loader_settings = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
         }
+        self.in_memory = False
         self._loaders: dict[str, tuple[DataLoader, _EpochOrder]] = {}
 
-    def _channel_stat(self, values: Sequence[float], name: str) -> torch.Tensor:
-        if len(values) != self.input_shape[0]:
-            raise DataError(f"dataset.{name} has {len(values)} values for {self.input_shape[0]}-channel images")
-        return torch.tensor(list(values), dtype=torch.float32).view(-1, 1, 1)
-
-    # -- the splits ----------------------------------------------------------------------------------
-    def setup(self) -> ImageFolderData:
+    # -- the folders and the path taken --------------------------------------------------------------
+    def read_folders(self, to_float: bool = True) -> dict[str, ImageFolder]:
+        """The class folders of each split that has its own (``train`` always)."""
         if not self.root.is_dir():
             raise DataError(f"dataset.root={self.root} is not a folder; point it at your image folder")
         nested = (self.root / "train").is_dir()
-        folders = {name: self.root / name for name in SPLITS if (self.root / name).is_dir()} if nested else {}
-        if self.cv and "val" in folders:
+        paths = {name: self.root / name for name in SPLITS if (self.root / name).is_dir()} if nested else {}
+        paths.setdefault("train", self.root)
+        if self.cv and "val" in paths:
             raise DataError(
-                f"cv=kfold makes validation folds of the training images, but {folders['val']} is a fixed "
+                f"cv=kfold makes validation folds of the training images, but {paths['val']} is a fixed "
                 "validation split: move its images into train/, or drop cv=kfold"
             )
-        train = read_class_folders(folders.get("train", self.root), self.input_shape)
-        self.classes = list(train.classes)
-        if len(self.classes) < 2:
-            raise DataError(f"{train.root} has {len(self.classes)} class folder; classification needs at least 2")
-        generator = torch.Generator().manual_seed(self.seed)
-        kept = torch.arange(len(train))
-        self.subsets: dict[str, Dataset] = {}
-        for name, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
-            if name in folders:
-                self.subsets[name] = read_class_folders(folders[name], self.input_shape)
-                if self.subsets[name].classes != self.classes:
-                    raise DataError(
-                        f"{folders[name]} has the classes {self.subsets[name].classes}, but the training images "
-                        f"have {self.classes}; give every split the same class folders"
-                    )
-            else:
-                if name == "val" and self.cv:
-                    kept, held = self.cv.split(kept, torch.as_tensor(train.targets)[kept], self.seed)
-                else:
-                    kept, held = split(kept, fraction, generator)
-                self.subsets[name] = Subset(train, held.tolist())
-        self.subsets["train"] = Subset(train, kept.tolist())
-        self.task = Task("multiclass", num_classes=len(self.classes))
-        self._loaders = {}
+        folders = {name: read_class_folders(path, self.input_shape, to_float) for name, path in paths.items()}
+        classes = folders["train"].classes
+        if len(classes) < 2:
+            raise DataError(f"{paths['train']} has {len(classes)} class folder; classification needs at least 2")
+        for name, folder in folders.items():
+            if folder.classes != classes:
+                raise DataError(
+                    f"{paths[name]} has the classes {folder.classes}, but the training images have {classes}; "
+                    "give every split the same class folders"
+                )
+        return folders
+
+    def setup(self, normalization: Normalization | None = None) -> ImageFolderData:
+        folders = self.read_folders()
+        images = sum(len(folder) for folder in folders.values())
+        size, budget = images * math.prod(self.input_shape) * 4, self.memory_budget * available_memory()
+        where = f"{self.root}: {images} images, {size / 2**20:.0f} MiB decoded, budget {budget / 2**20:.0f} MiB"
+        self.in_memory = size <= budget
+        if self.in_memory:
+            log.info("%s: decoded once (cached) and held in memory", where)
+            return super().setup(normalization)  # TensorData: load(), split, normalise
+        log.info("%s: streamed through a DataLoader (%d workers)", where, self.loader_settings["num_workers"])
+        self.setup_stream(folders, normalization)
         return self
 
-    def num_samples(self, split: str) -> int:
-        return len(self.subsets[split])
+    # -- in memory -----------------------------------------------------------------------------------
+    def load(self) -> Splits:
+        """Every split's images, decoded once and cached (``uint8``; as floats in [0, 1] here)."""
+        decoded = cache.load_or_decode(self.root, self.decode, variant="x".join(map(str, self.input_shape)))
+        splits = {"classes": decoded["classes"]}
+        for key, value in decoded.items():
+            if key.startswith("x_"):
+                splits[key] = to_dtype(value, torch.float32, scale=True)  # as the streamed images are
+            elif key.startswith("y_"):
+                splits[key] = value
+        return Splits(**splits)
 
-    # -- batching ------------------------------------------------------------------------------------
+    def decode(self) -> dict:
+        decoded = {}
+        for name, folder in self.read_folders(to_float=False).items():
+            decoded[f"x_{name}"], decoded[f"y_{name}"] = decode_folder(
+                folder, self.input_shape, f"decoding {name} images"
+            )
+            decoded["classes"] = folder.classes
+        return decoded
+
+    # -- streamed ------------------------------------------------------------------------------------
+    def setup_stream(self, folders: dict[str, ImageFolder], normalization: Normalization | None) -> None:
+        self.classes = list(folders["train"].classes)
+        train = folders["train"]
+        indices = split_samples(
+            torch.as_tensor(train.targets),
+            self.seed,
+            test_fraction=None if "test" in folders else self.test_fraction,
+            val_fraction=None if "val" in folders else self.val_fraction,
+            cv=self.cv,
+        )
+        self.subsets: dict[str, Dataset] = {
+            name: Subset(train, indices[name].tolist()) if name in indices else folders[name] for name in SPLITS
+        }
+        self.mean, self.std = self.choose_normalization(normalization, self.streamed_statistics)
+        self.task = self.make_task("multiclass")
+        self._loaders = {}
+
+    def streamed_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and standard deviation of a seeded sample of the training images, computed in one
+        pass and cached (keyed by the sample: other splits or seeds compute theirs)."""
+        train = self.subsets["train"]
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = torch.randperm(len(train), generator=generator)[:STATISTICS_SAMPLE].sort().values
+        key = hashlib.sha1(torch.tensor(train.indices)[sample].numpy().tobytes()).hexdigest()[:12]
+
+        def compute() -> dict[str, torch.Tensor]:
+            total = torch.zeros(3, self.input_shape[0], dtype=torch.float64)  # count, sum, sum of squares
+            for x, _ in in_batches(Subset(train, sample.tolist()), cores(), "image statistics"):
+                x = x.double().transpose(0, 1).flatten(1)  # (C, pixels)
+                total += torch.stack([torch.full_like(x[:, 0], x.shape[1]), x.sum(1), x.square().sum(1)])
+            count, sum_, squares = total
+            mean = sum_ / count
+            std = ((squares - count * mean.square()) / (count - 1)).clamp_min(0).sqrt()
+            return {"mean": mean.float(), "std": std.float().clamp_min(1e-6)}
+
+        shape = "x".join(map(str, self.input_shape))
+        statistics = cache.load_or_decode(self.root, compute, variant=f"statistics-{shape}-{key}")
+        return statistics["mean"], statistics["std"]
+
+    def num_samples(self, split: str) -> int:
+        return super().num_samples(split) if self.in_memory else len(self.subsets[split])
+
     def to(self, device: torch.device | str, channels_last: bool = False) -> ImageFolderData:
+        if self.in_memory:
+            return super().to(device, channels_last)
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         return self
@@ -182,11 +301,17 @@ class ImageFolderData(BatchedData):
             )
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        return super().train_batches(epoch, start) if self.in_memory else self._streamed_train(epoch, start)
+
+    def _streamed_train(self, epoch: int, start: int) -> Iterator[Batch]:
         loader, sampler = self._loader("train")
         sampler.order = [i for batch in self.sharded_order(epoch, start) for i in batch.tolist()]
         for batch, (x, y) in enumerate(self._on_device(loader), start):
             yield self.transform(self._augment(x, epoch, batch)), y
 
-    def batches(self, split: str) -> Iterator[Batch]:
+    def batches(self, split: str, batch_size: int | None = None) -> Iterator[Batch]:
+        return super().batches(split, batch_size) if self.in_memory else self._streamed(split)
+
+    def _streamed(self, split: str) -> Iterator[Batch]:
         for x, y in self._on_device(self._loader(split)[0]):
             yield self.transform(x), y

@@ -12,13 +12,14 @@ in ``conf/dataset/`` that names it with ``_target_``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from trainlab.dataloader.base import Batch, BatchedData
+from trainlab.dataloader.base import Batch, BatchedData, Normalization
 from trainlab.errors import DataError
 from trainlab.tasks import Kind, Task
 
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
 class Splits:
     """What ``load()`` returns: features as float tensors, targets as int64 (classes) or float32 (values).
 
-    ``x_test`` is None where a data set has no official test split; a seeded held-out fraction is used.
-    Tables may hold NaN for missing values (imputed with the training means) and name their raw
-    ``columns`` (see ``InputSpec.columns``, without ``fill``); ``kind`` is the task where the data decides it.
+    ``x_test`` (``x_val``) is None where a data set has no test (validation) split of its own; a seeded
+    held-out fraction is used (``split_samples``). Tables may hold NaN for missing values (imputed with the
+    training means) and name their raw ``columns`` (see ``InputSpec.columns``, without ``fill``); ``kind``
+    is the task where the data decides it.
     """
 
     x_train: torch.Tensor
@@ -44,6 +46,8 @@ class Splits:
     feature_names: Sequence[str] | None = None
     columns: list[dict[str, Any]] | None = None
     kind: Kind | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
 
 def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +55,34 @@ def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> t
     order = torch.randperm(len(index), generator=generator)
     n_held = round(len(index) * fraction)
     return index[order[n_held:]], index[order[:n_held]]
+
+
+def split_samples(
+    targets: torch.Tensor,
+    seed: int,
+    test_fraction: float | None,
+    val_fraction: float | None,
+    cv: KFold | None = None,
+) -> dict[str, torch.Tensor]:
+    """The seeded split of a data set's training samples (``targets``: theirs): indices of ``train``,
+    ``val`` and ``test``.
+
+    ``test_fraction`` of the samples are held out for testing, then ``val_fraction`` of the rest for
+    validation, or, with ``cv``, that k-fold's validation part of the rest; a fraction of None leaves that
+    split out (the data set has its own). The one place splits are drawn, whether the samples are held in
+    memory or streamed from files: the same seed, the same split.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.arange(len(targets))
+    indices = {}
+    if test_fraction is not None:
+        kept, indices["test"] = split(kept, test_fraction, generator)
+    if cv is not None:
+        kept, indices["val"] = cv.split(kept, targets[kept], seed)
+    elif val_fraction is not None:
+        kept, indices["val"] = split(kept, val_fraction, generator)
+    indices["train"] = kept
+    return indices
 
 
 def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
@@ -95,38 +127,43 @@ class TensorData(BatchedData):
     def load(self) -> Splits:
         raise NotImplementedError
 
-    def setup(self) -> TensorData:
+    def setup(self, normalization: Normalization | None = None) -> TensorData:
         splits = self.load()
         # plain str, not numpy's (scikit-learn's names are): they go into the checkpoint's input spec
         self.classes = [str(c) for c in splits.classes] if splits.classes is not None else None
         self.feature_names = [str(n) for n in splits.feature_names] if splits.feature_names is not None else None
         x, y = splits.x_train.float(), splits.y_train
-        generator = torch.Generator().manual_seed(self.seed)
-        kept, test = torch.arange(len(y)), None
-        if splits.x_test is None:
-            kept, test = split(kept, self.test_fraction, generator)
-            self.x_test, self.y_test = x[test], y[test]
-        else:
-            self.x_test, self.y_test = splits.x_test.float(), splits.y_test
-        # indices into x: each sample copied once
-        train, val = (
-            self.cv.split(kept, y[kept], self.seed) if self.cv else split(kept, self.val_fraction, generator)
+        if self.cv is not None and splits.x_val is not None:
+            raise DataError(
+                "cv=kfold makes validation folds of the training samples, but this data set has a fixed "
+                "validation split; drop cv=kfold"
+            )
+        indices = split_samples(  # indices into x: each sample copied once
+            y,
+            self.seed,
+            test_fraction=self.test_fraction if splits.x_test is None else None,
+            val_fraction=self.val_fraction if splits.x_val is None else None,
+            cv=self.cv,
         )
-        self.indices = {
-            "train": train,
-            "val": val,
-            "test": test,
-        }  # which loaded sample went where (test: held out)
-        self.x_train, self.y_train, self.x_val, self.y_val = x[train], y[train], x[val], y[val]
+        self.indices = {name: indices.get(name) for name in ("train", "val", "test")}  # test: None if official
+        for name in ("train", "val", "test"):
+            if name in indices:
+                setattr(self, f"x_{name}", x[indices[name]])
+                setattr(self, f"y_{name}", y[indices[name]])
+            else:
+                setattr(self, f"x_{name}", getattr(splits, f"x_{name}").float())
+                setattr(self, f"y_{name}", getattr(splits, f"y_{name}"))
+        del x
 
         self.input_shape = tuple(self.x_train.shape[1:])
-        self.fit_preprocessing(splits)
+        self.fit_preprocessing(splits, normalization)
         self.x_train, self.x_val, self.x_test = map(self.transform, (self.x_train, self.x_val, self.x_test))
         self.task = self.make_task(splits.kind or self.task_kind)
         return self
 
-    def fit_preprocessing(self, splits: Splits) -> None:
-        """Set ``mean`` and ``std`` (and ``fill``) from the settings or the training split."""
+    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
+        """Set ``mean`` and ``std`` (and ``fill``) from the settings or the training split; ``normalization``:
+        what a pretrained model expects (images, see ``ImageData.choose_normalization``)."""
         raise NotImplementedError
 
     def make_task(self, kind: Kind) -> Task:
@@ -181,25 +218,39 @@ class ImageData(TensorData):
     """Images as (N, C, H, W) float tensors in [0, 1], always a multiclass task.
 
     Args:
-        mean, std: per channel; null: fitted on the training split (used where ``normalize`` is true).
+        mean, std: per channel (used where ``normalize`` is true); null: what a pretrained model expects
+            (``setup(normalization)``, where it has as many channels), else fitted on the training split.
     """
 
     def __init__(self, *, mean: Sequence[float] | None, std: Sequence[float] | None, **settings):
         super().__init__(task="multiclass", **settings)
         self.mean_setting, self.std_setting = mean, std
 
-    def fit_preprocessing(self, splits: Splits) -> None:
-        shape = (self.input_shape[0], 1, 1)
+    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
+        self.mean, self.std = self.choose_normalization(normalization, lambda: self.fitted_statistics([0, 2, 3]))
+
+    def choose_normalization(
+        self, pretrained: Normalization | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel (mean, std), shaped (C, 1, 1): none (0 and 1) where ``normalize`` is false; else
+        ``dataset.mean``/``std`` where given; else what a ``pretrained`` model expects, if it is for this
+        many channels; else ``fit()``: statistics of the training split."""
+        channels = self.input_shape[0]
+        shape = (channels, 1, 1)
         if not self.normalize:
-            self.mean, self.std = torch.zeros(shape), torch.ones(shape)
-            return
+            return torch.zeros(shape), torch.ones(shape)
+        for name, values in (("mean", self.mean_setting), ("std", self.std_setting)):
+            if values is not None and len(values) != channels:
+                raise DataError(
+                    f"dataset.{name} has {len(values)} values for {channels}-channel images; give {channels}, "
+                    "or null to fit it on the training split"
+                )
         mean, std = self.mean_setting, self.std_setting
         if mean is None or std is None:
-            fitted_mean, fitted_std = self.fitted_statistics([0, 2, 3])
-            mean = fitted_mean if mean is None else mean
-            std = fitted_std if std is None else std
-        self.mean = torch.as_tensor(mean).float().reshape(shape)
-        self.std = torch.as_tensor(std).float().reshape(shape)
+            default = pretrained if pretrained is not None and len(pretrained[0]) == channels else fit()
+            mean = default[0] if mean is None else mean
+            std = default[1] if std is None else std
+        return torch.as_tensor(mean).float().reshape(shape), torch.as_tensor(std).float().reshape(shape)
 
 
 class TableData(TensorData):
@@ -218,13 +269,20 @@ class TableData(TensorData):
         super().__init__(**settings)
         self.standardize_target = standardize_target
 
-    def fit_preprocessing(self, splits: Splits) -> None:
+    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
         self.columns = splits.columns or [{"name": name, "type": "number"} for name in self.feature_names]
-        self.fill = torch.nanmean(self.x_train, 0).nan_to_num(0.0)
-        self.x_train = torch.where(self.x_train.isnan(), self.fill, self.x_train)
+        # numpy: its reductions over the rows of an (N, F) array are several times faster than torch's
+        x = self.x_train.numpy()
+        missing = np.isnan(x)
+        present = np.maximum((~missing).sum(0), 1)
+        fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
+        if missing.any():
+            x = np.where(missing, fill.astype(np.float32), x)
+        self.fill, self.x_train = torch.from_numpy(fill).float(), torch.from_numpy(x)
         features = self.input_shape[0]
         if self.normalize:
-            self.mean, self.std = self.fitted_statistics([0])
+            self.mean = torch.from_numpy(x.mean(0, dtype=np.float64)).float()
+            self.std = torch.from_numpy(x.std(0, ddof=1, dtype=np.float64)).float().clamp_min(1e-6)
         else:
             self.mean, self.std = torch.zeros(features), torch.ones(features)
         one_hot = torch.tensor(
