@@ -83,6 +83,8 @@ MAIN_SETTINGS = (
     "dataset.batch_size",
     "trainer.max_epochs",
     "seed",
+    "cv",
+    "cv.fold",
 )
 # Settings that cannot matter to a comparison of results (where things run, how they are shown, file paths).
 IGNORED_SETTINGS = (
@@ -111,7 +113,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     settings first, then the rest in name order. A group's class path (``model._target_``) becomes the
     group's value by class name (``model: MLP``; ``scheduler: none`` without one), and the settings of
     ``IGNORED_SETTINGS`` are left out."""
-    flat: dict[str, Any] = {"scheduler": "none", "augment": "none"}
+    flat: dict[str, Any] = {"scheduler": "none", "augment": "none", "cv": "none"}
 
     def visit(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
