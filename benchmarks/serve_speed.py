@@ -119,35 +119,31 @@ async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str
     return latencies
 
 
+def per_call_ms(call, *args, n: int) -> float:
+    call(*args)  # warm-up
+    begin = time.perf_counter()
+    for _ in range(n):
+        call(*args)
+    return (time.perf_counter() - begin) / n * 1000
+
+
 def forward_times(ckpt: Path, body: bytes) -> dict[str, float]:
-    """The model's own time per input (torch eager, one thread) and the PNG decode, in ms."""
+    """The model's own time per input (torch eager and ONNX Runtime, one thread) and the PNG decode, in ms."""
     from trainlab.dataloader.inputs import read_image
-    from trainlab.inference import InferenceModel, OnnxPredictor, load_model
+    from trainlab.inference import OnnxPredictor, TorchPredictor
 
     torch.set_num_threads(1)
-    _, spec, model = load_model(ckpt, "cpu")
-    wrapped = InferenceModel(spec, model).eval()
+    backends = {
+        "torch": TorchPredictor(ckpt, "cpu"),
+        "onnx": OnnxPredictor(ckpt.parent.parent / "best.onnx", "cpu", 1),
+    }
     times = {}
-    with torch.inference_mode():
+    for name, predictor in backends.items():
         for batch in (1, 16):
-            x = torch.rand(batch, *spec.input_shape)
-            wrapped(x)
-            n, begin = 200 if batch == 1 else 50, time.perf_counter()
-            for _ in range(n):
-                wrapped(x)
-            times[f"forward_b{batch}"] = (time.perf_counter() - begin) / n / batch * 1000
-    onnx = OnnxPredictor(ckpt.parent.parent / "best.onnx", "cpu", num_threads=1)
-    for batch in (1, 16):
-        x = torch.rand(batch, *spec.input_shape)
-        onnx(x)
-        n, begin = 200 if batch == 1 else 50, time.perf_counter()
-        for _ in range(n):
-            onnx(x)
-        times[f"onnx_b{batch}"] = (time.perf_counter() - begin) / n / batch * 1000
-    begin = time.perf_counter()
-    for _ in range(200):
-        read_image(io.BytesIO(body), spec.input_shape)
-    times["decode"] = (time.perf_counter() - begin) / 200 * 1000
+            x = torch.rand(batch, *predictor.spec.input_shape)
+            times[f"{name}_b{batch}"] = per_call_ms(predictor, x, n=200 // batch) / batch
+    shape = backends["torch"].spec.input_shape
+    times["decode"] = per_call_ms(lambda: read_image(io.BytesIO(body), shape), n=200)
     return times
 
 
@@ -226,8 +222,8 @@ def main() -> None:
         if row[1] == "forward":
             model_name, _, times, floor = row
             print(
-                f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['forward_b1']:.3f} / "
-                f"{times['forward_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode {times['decode']:.3f} ms; GET /health round trip "
+                f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['torch_b1']:.3f} / "
+                f"{times['torch_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode {times['decode']:.3f} ms; GET /health round trip "
                 f"{floor:.3f} ms | | | | | | |"
             )
         else:
