@@ -9,7 +9,8 @@ Runtime (``trainlab.inference.Predictor``), the same API and answers.
 
 Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
 event loop keeps reading requests; each batch takes every input that has arrived, waiting up to
-``max_wait_ms`` for requests that are still being read, up to ``max_batch_size`` inputs. Every bad request
+``max_wait_ms`` for requests that are still being read, up to ``max_batch_size`` inputs (a lone request to a
+fast model runs in the event loop: see ``Batcher.forward``). Every bad request
 is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefully on SIGTERM.
 """
 
@@ -22,6 +23,8 @@ import contextlib
 import io
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +44,8 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.inference import Predictor
 
 log = logging.getLogger(__name__)
+
+INLINE_S = 0.001  # a lone request whose forward pass takes less runs in the event loop (Batcher.forward)
 
 
 class BadRequest(Exception):
@@ -71,6 +76,7 @@ class Batcher:
         self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.reading = 0  # requests being read whose inputs will come to the queue
+        self.last_forward_s = math.inf  # per input, of the last batch; the first one runs in the thread
 
     @contextlib.contextmanager
     def reading_request(self) -> Iterator[None]:
@@ -103,7 +109,7 @@ class Batcher:
                 size += len(batch[-1][0])
             raws, futures = zip(*batch, strict=True)
             try:
-                outputs = await loop.run_in_executor(self.executor, self.predictor, torch.cat(raws))
+                outputs = await self.forward(torch.cat(raws), alone=len(batch) == 1 and not self.reading)
             except Exception as error:  # a bug: each waiting request answers 500 with it
                 for future in futures:
                     if not future.done():
@@ -112,6 +118,20 @@ class Batcher:
             for future, part in zip(futures, outputs.split([len(r) for r in raws]), strict=True):
                 if not future.done():  # a client that went away cancelled its future
                     future.set_result(part)
+
+    async def forward(self, raw: torch.Tensor, alone: bool) -> torch.Tensor:
+        """The predictor's outputs, computed in the worker thread; but inline for a request that is alone
+        (no other being read or queued) when, at the last forward pass's time per input, it would take under
+        ``INLINE_S``: then the event
+        loop has nothing to do meanwhile, and handing over to a thread and back costs more than the forward
+        pass (on a busy machine each wake-up of a thread waits for a core, milliseconds)."""
+        begin = time.perf_counter()
+        if alone and self.last_forward_s * len(raw) < INLINE_S:
+            outputs = self.predictor(raw)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.predictor, raw)
+        self.last_forward_s = (time.perf_counter() - begin) / len(raw)
+        return outputs
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
