@@ -84,7 +84,6 @@ MAIN_SETTINGS = (
     "trainer.max_epochs",
     "seed",
     "cv",
-    "cv.fold",
 )
 # Settings that cannot matter to a comparison of results (where things run, how they are shown, file paths).
 IGNORED_SETTINGS = (
