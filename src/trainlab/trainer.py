@@ -246,7 +246,9 @@ class Trainer:
         with self.autocast():
             outputs = train_model(x)
             loss = data.task.loss(outputs, y, self.label_smoothing)
-        state.scaler.scale(loss * self._loss_weight(data, len(y), state.loop.batch_in_epoch)).backward()
+        weight = self._loss_weight(data, len(y), state.loop.batch_in_epoch)
+        # a weight of 1 (no accumulation, one process) adds no multiplication to the graph: ~50 us a step
+        state.scaler.scale(loss if weight == 1 else loss * weight).backward()
         metrics.update(outputs, y, loss)
         if stepped:
             if self.grad_clip:
