@@ -25,7 +25,9 @@ images. What each pays for beyond that:
   improved, each a complete resumable checkpoint (RNG states, config, input spec) written atomically with
   fsync; the test with the best weights; metrics.json; the config printed and the progress bar drawn as in
   a terminal.
+  For the CNN that includes its default `trainer.channels_last=auto`: channels-last images and weights.
 - (a') the same with its default label smoothing 0.1 (the MLP only): what that default costs.
+- (a'') the CNN with `trainer.channels_last=false`, the reference's memory order: the loop alone.
 - (b) plain: (r) with torch's default Adam, which loops over the parameters: what fused Adam saves.
 - (c) textbook: (r)'s loop fed by torchvision's MNIST with per-sample `ToTensor` and `Normalize` through a
   `DataLoader(shuffle=True)`, and the default Adam, as in the tutorials.
@@ -67,10 +69,16 @@ VARIANTS = {
     "reference": "(r) reference loop",
     "trainlab": "(a) trainlab",
     "trainlab_smoothing": "(a') trainlab, label smoothing 0.1",  # the MLP only
+    "trainlab_contiguous": "(a'') trainlab, channels_last=false",  # the CNN only
     "plain": "(b) plain loop, default Adam",
     "textbook": "(c) textbook DataLoader loop",
     "lightning": "(d) Lightning",
 }
+TRAINLAB_OPTIONS = {  # what the variants of trainlab add to train_py's overrides; with the models they run
+    "trainlab_smoothing": ["trainer.label_smoothing=0.1"],
+    "trainlab_contiguous": ["trainer.channels_last=false"],
+}
+ONLY = {"trainlab_smoothing": "mlp", "trainlab_contiguous": "cnn"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (colours, the bar's redrawing)
 EPOCH_LINE = re.compile(r"(?:^|\] - )epoch (\d+)/\d+(?::|$)")  # trainlab's log line, or hand_written's
 TEST_ACC = re.compile(r"test/acc\W+([0-9.]+)")  # trainlab's summary table, or hand_written's last line
@@ -133,11 +141,9 @@ def environment(threads: int | None) -> dict[str, str]:
     return env
 
 
-def train_py(
-    data_dir: Path, model: str, epochs: int, batches: int | None, run_dir: str, label_smoothing: float = 0.0
-) -> list[str]:
-    """``python train.py`` with its defaults, on MNIST in batches of 100; by default without label smoothing,
-    so that it trains the reference's objective."""
+def train_py(data_dir: Path, model: str, epochs: int, batches: int | None, run_dir: str, *extra: str) -> list[str]:
+    """``python train.py`` with its defaults, on MNIST in batches of 100, without label smoothing (the
+    reference's objective), then the ``extra`` overrides."""
     return [
         str(ROOT / "train.py"),
         "dataset=mnist",
@@ -146,8 +152,9 @@ def train_py(
         *MODELS[model],
         f"trainer.max_epochs={epochs}",
         f"trainer.limit_batches={batches or 'null'}",  # per split: validation's 24 and test's 40 stay whole
-        f"trainer.label_smoothing={label_smoothing}",
+        "trainer.label_smoothing=0",
         f"hydra.run.dir={run_dir}",
+        *extra,
     ]
 
 
@@ -155,9 +162,9 @@ def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[st
     batches = args.cnn_batches if model == "cnn" else None
     with tempfile.TemporaryDirectory(prefix="trainlab-bench-") as run_dir:
         if variant.startswith("trainlab"):
-            smoothing = 0.1 if variant == "trainlab_smoothing" else 0.0
+            extra = TRAINLAB_OPTIONS.get(variant, [])
             return timed_run(
-                [sys.executable, *train_py(args.data_dir, model, args.epochs, batches, run_dir, smoothing)], env
+                [sys.executable, *train_py(args.data_dir, model, args.epochs, batches, run_dir, *extra)], env
             )
         limit = ["--batches", str(batches)] if batches else []
         return timed_run(
@@ -175,17 +182,43 @@ def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[st
 
 
 # -- start-up ------------------------------------------------------------------------------------------
-IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \| *([\w.]+)")
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \|( *)([\w.]+)")
 DEPENDENCIES = ("torch", "torchvision", "torchmetrics", "hydra", "omegaconf", "tensorboard")
+
+
+def import_times(lines: list[str]) -> dict[str, float]:
+    """Seconds of importing, from ``python -X importtime``'s lines, by whom they are for: each module's own
+    time counts for the innermost of its importers (or itself) in ``DEPENDENCIES`` (scipy for torchmetrics,
+    numpy for torch), else for the outermost one that is not trainlab's ("other": rich, PIL, the standard
+    library...); trainlab's own modules count as ``trainlab``."""
+    waiting: list[tuple[int, tuple]] = []  # importtime lists a module after the ones it imported
+    for line in lines:
+        if match := IMPORT_LINE.match(line):
+            depth, children = len(match[2]) // 2, []
+            while waiting and waiting[-1][0] > depth:
+                children.insert(0, waiting.pop()[1])
+            waiting.append((depth, (match[3], int(match[1]) / 1e6, children)))
+    times: dict[str, float] = defaultdict(float)
+
+    def visit(node: tuple, owner: str | None) -> None:
+        name, seconds, children = node
+        package = name.split(".")[0]
+        owner = package if package in DEPENDENCIES else owner or (None if package == "trainlab" else "other")
+        times[owner or "trainlab"] += seconds
+        for child in children:
+            visit(child, owner)
+
+    for _, node in waiting:
+        visit(node, None)
+    return times
 
 
 def startup(args: argparse.Namespace, env: dict[str, str], repeats: int = 3) -> dict[str, float]:
     """Seconds from starting ``python train.py`` (a one-batch MLP run, under ``-X importtime``) to its first
-    step, split into: the interpreter's own start (``python -c pass``), importing each dependency (the
-    self-times of its modules that were imported before the first step; ``other``: numpy, scipy, PIL,
-    rich, the standard library...) and trainlab's own work (the rest: its modules, composing and printing
-    the config, building the data, model and trainer, the first step); and from there to exit (checkpoint
-    writes, the test, pictures, summary, shutting down). The best of ``repeats`` runs."""
+    step, split into: the interpreter's own start (``python -c pass``), importing the dependencies
+    (``import_times`` of the modules imported before the first step) and trainlab's own work (the rest: its
+    modules, composing and printing the config, building data, model and trainer, the first step); and from
+    there to exit (checkpoint writes, the test, pictures, summary, shutting down). The best of ``repeats``."""
     runs = []
     for _ in range(repeats):
         interpreter = timed_run([sys.executable, "-c", "pass"], env).process_s
@@ -193,14 +226,8 @@ def startup(args: argparse.Namespace, env: dict[str, str], repeats: int = 3) -> 
             one_batch = train_py(args.data_dir, "mlp", 1, 1, run_dir)
             timing = timed_run([sys.executable, "-X", "importtime", *one_batch], env)
         first_step = timing.epoch_ends[0]
-        imports: dict[str, float] = defaultdict(float)
-        for at, line in timing.lines:
-            if at > first_step:
-                break
-            if match := IMPORT_LINE.match(line):
-                package = match[2].split(".")[0]
-                if package != "trainlab":
-                    imports[package if package in DEPENDENCIES else "other"] += int(match[1]) / 1e6
+        imports = import_times([line for at, line in timing.lines if at <= first_step])
+        imports.pop("trainlab", None)  # its modules are trainlab's own work
         own = first_step - interpreter - sum(imports.values())
         runs.append(
             {
@@ -362,7 +389,7 @@ def bench(args: argparse.Namespace, command: str) -> str:
     runs: dict[str, dict[str, list[Timing]]] = {model: defaultdict(list) for model in args.models}
     for round_ in range(args.repeats):
         for model in args.models:
-            chosen = [v for v in variants if v != "trainlab_smoothing" or model == "mlp"]
+            chosen = [v for v in variants if ONLY.get(v, model) == model]
             for variant in chosen[round_ % len(chosen) :] + chosen[: round_ % len(chosen)]:
                 timing = run_variant(variant, model, args, env)
                 runs[model][variant].append(timing)
