@@ -224,9 +224,26 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def link(source: Path, target: Path) -> bool:
+    """Make ``target`` a second name of the file ``source``: a hard link, put in place atomically by a rename,
+    so that an identical checkpoint costs no second write and fsync. Safe because ``save`` never rewrites a
+    file: it gives the name a new file, and the file the other name points to stays as it was. False where
+    the file system has no hard links (some network and FAT file systems); then nothing changed."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+
+
 class RunCheckpoints:
     """A run's ``checkpoints/`` folder: ``last.ckpt`` after every epoch (and on preemption), ``best.ckpt``
-    whenever the monitored metric improved. Only rank 0 writes and reads; the others get its answers."""
+    whenever the monitored metric improved: then the same state, so ``best.ckpt`` becomes a hard link to that
+    ``last.ckpt`` (``link``). Only rank 0 writes and reads; the others get its answers."""
 
     def __init__(self, run_dir: Path):
         self.folder = Path(run_dir) / "checkpoints"
@@ -235,7 +252,7 @@ class RunCheckpoints:
     def write(self, state: dict[str, Any], best: bool = False) -> None:
         if distributed.is_main():
             save(state, self.last)
-            if best:
+            if best and not link(self.last, self.best):
                 save(state, self.best)
 
     def carry_best_over(self, previous_best: Path, best_epoch: int) -> None:

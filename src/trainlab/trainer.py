@@ -94,13 +94,15 @@ class Trainer:
         deterministic: bool,
         num_threads: int | None,
         compile: bool,
-        channels_last: bool,
+        channels_last: bool | str,
         progress: bool,
         strategy: str,
         callbacks: dict[str, Callback] | None = None,
     ):
         if not isinstance(max_epochs, int) or max_epochs < 0:
             raise ConfigError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
+        if channels_last not in (True, False, "auto"):
+            raise ConfigError(f"trainer.channels_last must be auto, true or false, got {channels_last!r}")
         if not isinstance(label_smoothing, int | float) or not 0 <= label_smoothing < 1:
             raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.max_epochs = max_epochs
@@ -138,8 +140,9 @@ class Trainer:
     ) -> dict[str, float]:
         """Train, validate and checkpoint every epoch, then test the best model; returns metrics.json."""
         devices.configure_torch(self.num_threads, self.deterministic)
-        model = self._prepare(model)
-        data.to(self.device, channels_last=self.channels_last)
+        channels_last = self._use_channels_last(model)
+        model = self._prepare(model, channels_last)
+        data.to(self.device, channels_last=channels_last)
         train_model = model  # what the training step runs: under DDP, the wrapped model
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel
@@ -246,7 +249,9 @@ class Trainer:
         with self.autocast():
             outputs = train_model(x)
             loss = data.task.loss(outputs, y, self.label_smoothing)
-        state.scaler.scale(loss * self._loss_weight(data, len(y), state.loop.batch_in_epoch)).backward()
+        weight = self._loss_weight(data, len(y), state.loop.batch_in_epoch)
+        # a weight of 1 (no accumulation, one process) adds no multiplication to the graph: ~50 us a step
+        state.scaler.scale(loss if weight == 1 else loss * weight).backward()
         metrics.update(outputs, y, loss)
         if stepped:
             if self.grad_clip:
@@ -265,10 +270,17 @@ class Trainer:
         batches = _first(data.batches(split), self._limit(data.num_batches(split)))
         return evaluate(model, batches, data.task, split, self.device, self.autocast, on_batch)
 
-    def _prepare(self, model: nn.Module) -> nn.Module:
+    def _use_channels_last(self, model: nn.Module) -> bool:
+        """``auto``: for convolutional models on the CPU, whose convolutions run 1.3x (training) to 2x
+        (evaluation) faster on channels-last images there, with the same results up to float rounding."""
+        if self.channels_last != "auto":
+            return self.channels_last
+        return self.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    def _prepare(self, model: nn.Module, channels_last: bool) -> nn.Module:
         """The model on the device, in channels-last memory order and compiled where configured."""
         model = model.to(self.device)
-        if self.channels_last:
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.compile:
             model.compile()  # in place, so the state dict keeps its keys (no "_orig_mod." prefix)

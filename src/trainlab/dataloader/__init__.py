@@ -8,10 +8,10 @@ inputs from an ``InputSpec`` alone; ``cache``: decoded data cached on disk; ``au
 augmentation of training images.
 """
 
+import importlib
+
 from trainlab.dataloader.base import Batch, BatchedData
 from trainlab.dataloader.builtin import Digits, LinearData, SklearnTable, TorchvisionImages
-from trainlab.dataloader.csv_table import CSVTable
-from trainlab.dataloader.image_folder import ImageFolderData
 from trainlab.dataloader.spec import InputSpec
 from trainlab.dataloader.tensors import ImageData, Splits, TableData, TensorData
 from trainlab.errors import DataError
@@ -32,3 +32,14 @@ __all__ = [
     "TensorData",
     "TorchvisionImages",
 ]
+
+
+# Imported on first use: these read a user's files with pandas and pyarrow (0.2 s to import), which the
+# other data sets never need.
+LAZY = {"CSVTable": "csv_table", "ImageFolderData": "image_folder"}
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -125,10 +125,11 @@ class BatchedData:
         """Serve batches on ``device``; images in channels-last memory order if asked (faster convolutions)."""
         raise NotImplementedError
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs to model inputs: the fitted normalisation (and, for tables, imputation)."""
+    def transform(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """Raw inputs to model inputs: the fitted normalisation (and, for tables, imputation); ``in_place``:
+        ``x`` may be overwritten."""
         fill = None if self.fill is None else self.fill.to(x.device)
-        return standardize(x, self.mean.to(x.device), self.std.to(x.device), fill)
+        return standardize(x, self.mean.to(x.device), self.std.to(x.device), fill, in_place)
 
     def untransform(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs back to raw features (images in [0, 1]), for augmentation and pictures."""

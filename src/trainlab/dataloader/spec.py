@@ -19,13 +19,19 @@ from trainlab.tasks import Kind, Task
 
 
 def standardize(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fill: torch.Tensor | None = None
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    fill: torch.Tensor | None = None,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Raw inputs to model inputs: missing values (NaN) replaced by ``fill``, then ``(x - mean) / std``.
-    The one implementation of the normalisation, used in training batches and in inference alike."""
+    The one implementation of the normalisation, used in training batches and in inference alike.
+    ``in_place``: ``x`` is the caller's own to overwrite (a whole data set: no second copy of it)."""
     if fill is not None:
         x = torch.where(x.isnan(), fill, x)
-    return (x.float() - mean).div_(std)  # one new tensor, not two
+    x = x.float()
+    return (x.sub_(mean) if in_place else x - mean).div_(std)  # one new tensor at most
 
 
 @dataclass

