@@ -152,6 +152,14 @@ def tables(work: Path, row_counts: list[int], rounds: int) -> list[str]:
     return lines
 
 
+TABLE_NOTES = [
+    "",
+    "trainlab does more than the two pandas calls: it infers each column's type and the task, drops or imputes "
+    "missing values, splits, standardises and keeps the encoding for predict. Its imports (torchmetrics, "
+    "TensorBoard, Hydra) are the rest of the whole-process difference.",
+]
+
+
 # -- image folders --------------------------------------------------------------------------------------
 def write_pngs(source: Path, root: Path, n_train: int, n_test: int) -> Path:
     """The first ``n_train`` training and ``n_test`` test images of Fashion-MNIST as PNGs in
@@ -267,6 +275,10 @@ def images(work: Path, source: Path, rounds: int, threads: int | None) -> list[s
         "",
         f"Set-up of the folder (25,000 PNGs): the first run decodes and caches them in {first_setup:.1f} s "
         f"(on {len(os.sched_getaffinity(0))} cores); a later run reads the cache in {cached_setup:.2f} s.",
+        "",
+        "(a) and (b) run the same code once set up (`TensorData.train_batches` on the same number of images of "
+        "the same size); differences between them are other jobs on the machine. (c) decodes every PNG again "
+        "every epoch, in worker processes that compete with training for the cores.",
     ]
     return lines
 
@@ -313,6 +325,7 @@ def main() -> None:
         "tables": lambda: [
             *tables(args.work, [r for r in args.rows if r <= 1_000_000], args.rounds),
             *tables(args.work, [r for r in args.rows if r > 1_000_000], args.big_rounds)[6:],
+            *TABLE_NOTES,
         ],
         "images": lambda: images(args.work, args.fashion_mnist, args.rounds, args.threads),
     }

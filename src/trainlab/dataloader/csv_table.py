@@ -86,6 +86,7 @@ class CSVTable(TableData):
         self.missing, self.na_values, self.max_classes = missing, list(na_values), max_classes
 
     def load(self) -> Splits:
+        log.info("reading %s", self.path)  # with the log line of the built model: how long the data took
         frame = read_table(self.path, self.na_values)
         if self.target not in frame.columns:
             raise DataError(
