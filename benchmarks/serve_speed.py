@@ -176,7 +176,7 @@ def main() -> None:
     models = {
         "digits MLP": (["model=mlp", "dataset=digits", "trainer.max_epochs=2"], png((8, 8))),
         "MNIST CNN": (
-            ["model=cnn", "dataset=mnist", f"paths.data_dir={args.data_dir}", "trainer.max_epochs=1", "trainer.limit_batches=20"],
+            ["model=cnn", "dataset=mnist", "dataset.download=false", f"paths.data_dir={args.data_dir}", "trainer.max_epochs=1", "trainer.limit_batches=20"],
             png((28, 28)),
         ),
     }  # fmt: skip
