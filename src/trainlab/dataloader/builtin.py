@@ -74,8 +74,7 @@ class TorchvisionImages(ImageData):
     def load(self) -> Splits:
         folder = self.root / getattr(self._reader(), "base_folder", self.name)  # torchvision's layout
         d = cache.load_or_decode(folder, self._decode)
-        x_train, x_test = (d[k].float().div_(255) for k in ("x_train", "x_test"))
-        return Splits(x_train, d["y_train"], x_test, d["y_test"], d["classes"])
+        return Splits(d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["classes"])
 
 
 class SklearnTable(TableData):

@@ -31,7 +31,6 @@ import torch
 from hydra.utils import to_absolute_path
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.transforms.v2.functional import to_dtype
 
 from trainlab.dataloader import cache
 from trainlab.dataloader.base import Batch, Normalization
@@ -205,15 +204,9 @@ class ImageFolderData(ImageData):
 
     # -- in memory -----------------------------------------------------------------------------------
     def load(self) -> Splits:
-        """Every split's images, decoded once and cached (``uint8``; as floats in [0, 1] here)."""
+        """Every split's images, decoded once and cached (``uint8``)."""
         decoded = cache.load_or_decode(self.root, self.decode, variant="x".join(map(str, self.input_shape)))
-        splits = {"classes": decoded["classes"]}
-        for key, value in decoded.items():
-            if key.startswith("x_"):
-                splits[key] = to_dtype(value, torch.float32, scale=True)  # as the streamed images are
-            elif key.startswith("y_"):
-                splits[key] = value
-        return Splits(**splits)
+        return Splits(**decoded)
 
     def decode(self) -> dict:
         decoded = {}

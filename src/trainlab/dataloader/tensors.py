@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torchvision.transforms.v2.functional import to_dtype
 
 from trainlab.dataloader.base import Batch, BatchedData, Normalization
 from trainlab.errors import DataError
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Splits:
-    """What ``load()`` returns: features as float tensors, targets as int64 (classes) or float32 (values).
+    """What ``load()`` returns: features as float tensors (or images as uint8 in [0, 255], which ``setup``
+    splits before it scales them to [0, 1]: a quarter of the bytes to copy), targets as int64 (classes) or
+    float32 (values).
 
     ``x_test`` (``x_val``) is None where a data set has no test (validation) split of its own; a seeded
     held-out fraction is used (``split_samples``). Tables may hold NaN for missing values (imputed with the
@@ -57,6 +60,14 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
     return x.index_select(0, index)
+
+
+def as_float(x: torch.Tensor, copy: bool = False) -> torch.Tensor:
+    """Features as float32, uint8 images scaled from [0, 255] to [0, 1]; ``copy``: a new tensor even where
+    ``x`` is float32 already."""
+    if x.dtype == torch.uint8:
+        return to_dtype(x, torch.float32, scale=True)  # as torchvision's readers of new images scale them
+    return x.to(torch.float32, copy=copy)
 
 
 def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +152,7 @@ class TensorData(BatchedData):
         # plain str, not numpy's (scikit-learn's names are): they go into the checkpoint's input spec
         self.classes = [str(c) for c in splits.classes] if splits.classes is not None else None
         self.feature_names = [str(n) for n in splits.feature_names] if splits.feature_names is not None else None
-        x, y = splits.x_train.float(), splits.y_train
+        x, y = splits.x_train, splits.y_train
         if self.cv is not None and splits.x_val is not None:
             raise DataError(
                 "cv=kfold makes validation folds of the training samples, but this data set has a fixed "
@@ -155,20 +166,19 @@ class TensorData(BatchedData):
             cv=self.cv,
         )
         self.indices = {name: indices.get(name) for name in ("train", "val", "test")}  # test: None if official
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test"):  # each split's own float copy, normalised in place below
             if name in indices:
-                setattr(self, f"x_{name}", x[indices[name]])
+                setattr(self, f"x_{name}", as_float(rows(x, indices[name])))
                 setattr(self, f"y_{name}", y[indices[name]])
             else:
-                setattr(self, f"x_{name}", getattr(splits, f"x_{name}").float())
+                setattr(self, f"x_{name}", as_float(getattr(splits, f"x_{name}"), copy=True))
                 setattr(self, f"y_{name}", getattr(splits, f"y_{name}"))
         del x
 
         self.input_shape = tuple(self.x_train.shape[1:])
         self.fit_preprocessing(splits, normalization)
-        # the split's own copies are normalised in place: no third copy of the data set (0.1 s for MNIST)
-        self.x_train, self.x_val = (self.transform(x, in_place=True) for x in (self.x_train, self.x_val))
-        self.x_test = self.transform(self.x_test)
+        for name in ("x_train", "x_val", "x_test"):  # in place: no second copy of the data set (0.1 s for MNIST)
+            setattr(self, name, self.transform(getattr(self, name), in_place=True))
         self.task = self.make_task(splits.kind or self.task_kind)
         return self
 
