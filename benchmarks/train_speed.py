@@ -16,8 +16,8 @@ epoch to TensorBoard and saves model and optimizer; after the last epoch it eval
 images. What each pays for beyond that:
 
 - (r) reference (`benchmarks/hand_written.py reference`), the baseline of every ratio: MNIST decoded by
-  torchvision and normalised once in memory, batches by index from `randperm`, `torch.optim.Adam(fused=True)`,
-  torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
+  torchvision and normalised once in memory, batches by `index_select` from `randperm`, the CNN channels-last
+  (trainlab's implementation choices), `torch.optim.Adam(fused=True)`, torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
 - (a) trainlab: `python train.py` with its defaults but `trainer.label_smoothing=0`, the reference's
   objective: training and validation accuracy, F1 and loss (torchmetrics); the loss and lr every 50 steps
   and the epoch's metrics to TensorBoard, with its pictures (the first batch; confusion matrix, worst
@@ -27,11 +27,11 @@ images. What each pays for beyond that:
   a terminal.
   For the CNN that includes its default `trainer.channels_last=auto`: channels-last images and weights.
 - (a') the same with its default label smoothing 0.1 (the MLP only): what that default costs.
-- (a'') the CNN with `trainer.channels_last=false`, the reference's memory order: the loop alone.
+- (a'') the CNN with `trainer.channels_last=false`: what channels-last saves.
 - (b) plain: (r) with torch's default Adam, which loops over the parameters: what fused Adam saves.
 - (c) textbook: (r)'s loop fed by torchvision's MNIST with per-sample `ToTensor` and `Normalize` through a
-  `DataLoader(shuffle=True)`, and the default Adam, as in the tutorials.
-- (d) Lightning: a `LightningModule` with fused Adam fed (r)'s in-memory batches, Lightning's default
+  `DataLoader(shuffle=True)`, the default Adam and memory order, as in the tutorials.
+- (d) Lightning: a `LightningModule` with fused Adam (the CNN channels-last) fed (r)'s in-memory batches, Lightning's default
   TensorBoard logger and checkpoint, `self.log` of the loss and accuracy.
 
 *epoch* is the steady state: the mean time between the ends of epochs 1 to N, as the process prints them;
@@ -215,7 +215,8 @@ def import_times(lines: list[str]) -> dict[str, float]:
 
 def startup(args: argparse.Namespace, env: dict[str, str], repeats: int = 3) -> dict[str, float]:
     """Seconds from starting ``python train.py`` (a one-batch MLP run, under ``-X importtime``) to its first
-    step, split into: the interpreter's own start (``python -c pass``), importing the dependencies
+    step, measured to the end of its first epoch (the step, one validation batch, the first checkpoint),
+    split into: the interpreter's own start (``python -c pass``), importing the dependencies
     (``import_times`` of the modules imported before the first step) and trainlab's own work (the rest: its
     modules, composing and printing the config, building data, model and trainer, the first step); and from
     there to exit (checkpoint writes, the test, pictures, summary, shutting down). The best of ``repeats``."""
@@ -297,13 +298,16 @@ def startup_section(times: dict[str, float]) -> list[str]:
     return [
         "### Start-up: `python train.py dataset=mnist ...` to its first step (MLP, data cached; best of 3)",
         "",
+        "Measured to the end of a first epoch of one batch: the step, one validation batch and the first "
+        "checkpoint.",
+        "",
         "| part | s |",
         "| --- | ---: |",
         f"| the interpreter's start (`python -c pass`) | {times['interpreter']:.2f} |",
         *(f"| importing {name} | {times[name]:.2f} |" for name in imports),
         f"| **importing dependencies, in all** | **{sum(times[name] for name in imports):.2f}** |",
         f"| **trainlab's own work** (its modules, composing and printing the config, building data, model "
-        f"and trainer, the first step) | **{times['trainlab']:.2f}** |",
+        f"and trainer, the first epoch of one batch) | **{times['trainlab']:.2f}** |",
         f"| process start to the first step | {times['first_step']:.2f} |",
         f"| then to exit (checkpoints, the test, pictures, summary, shutting down) | {times['to_exit']:.2f} |",
         "",

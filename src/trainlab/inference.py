@@ -72,22 +72,16 @@ def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictC
 
 
 def load_test_data(cfg: DictConfig, spec: InputSpec, ckpt_path: str | Path) -> BatchedData:
-    """The data set of a checkpoint's config, to evaluate its test split: built from the ``dataset`` node
-    (and the fold of its ``cv`` node) alone (no augmentation, no download), checked to preprocess as the checkpoint's input spec says.
-    Needs the training data: a ``DataError`` that says so when it is absent."""
-    from hydra.utils import instantiate
+    """The data set of a checkpoint's config, to evaluate its test split: built from its ``dataset`` and
+    ``cv`` nodes alone, each checked first (no augmentation, no download), and checked to preprocess as the
+    checkpoint's input spec says. Needs the training data: a ``DataError`` that says so when it is absent."""
+    from trainlab.run import build_data
 
-    from trainlab.run import expected_normalization
-
-    node = checkpoint.trusted_node(cfg, "dataset", "trainlab.dataloader", BatchedData, ckpt_path)
-    no_download = {"download": False} if "download" in node else {}
-    cv = (
-        instantiate(checkpoint.trusted_node(cfg, "cv", "trainlab.dataloader.folds", KFold, ckpt_path))
-        if cfg.get("cv")
-        else None
-    )
+    checkpoint.trusted_node(cfg, "dataset", "trainlab.dataloader", BatchedData, ckpt_path)
+    if cfg.get("cv"):
+        checkpoint.trusted_node(cfg, "cv", "trainlab.dataloader.folds", KFold, ckpt_path)
     try:
-        data = instantiate(node, augment=None, cv=cv, **no_download).setup(expected_normalization(cfg.model))
+        data = build_data(cfg, augment=False, **({"download": False} if "download" in cfg.dataset else {}))
     except DataError as error:
         raise DataError(
             f"evaluating the test split rebuilds the training data set, which failed: {error}. "

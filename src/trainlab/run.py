@@ -31,13 +31,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data(cfg: DictConfig) -> BatchedData:
+def build_data(cfg: DictConfig, augment: bool = True, **settings: Any) -> BatchedData:
     """The data set of ``cfg.dataset`` (with ``cfg.augment`` and the fold of ``cfg.cv``), set up: loaded,
     split, preprocessing fitted (images with ``mean``/``std`` null: as ``cfg.model``'s pretrained weights
-    expect, else on the training split)."""
-    augment = instantiate(cfg.augment, _convert_="object") if cfg.get("augment") else None
+    expect, else on the training split). ``augment=False`` leaves ``cfg.augment`` out and ``settings``
+    override the data set's own (inference rebuilding a test split: no augmentation, ``download=False``)."""
+    augmentation = instantiate(cfg.augment, _convert_="object") if augment and cfg.get("augment") else None
     cv = instantiate(cfg.cv) if cfg.get("cv") else None
-    return instantiate(cfg.dataset, augment=augment, cv=cv).setup(expected_normalization(cfg.get("model")))
+    data = instantiate(cfg.dataset, augment=augmentation, cv=cv, **settings)
+    return data.setup(expected_normalization(cfg.get("model")))
 
 
 def expected_normalization(model_cfg: DictConfig | None) -> Normalization | None:

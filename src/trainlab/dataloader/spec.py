@@ -28,10 +28,11 @@ def standardize(
     """Raw inputs to model inputs: missing values (NaN) replaced by ``fill``, then ``(x - mean) / std``.
     The one implementation of the normalisation, used in training batches and in inference alike.
     ``in_place``: ``x`` is the caller's own to overwrite (a whole data set: no second copy of it)."""
-    x = x.float() if in_place else x.to(torch.float32, copy=True)  # one new tensor at most
+    x = x.float()
     if fill is not None:
-        torch.where(x.isnan(), fill, x, out=x)
-    return x.sub_(mean).div_(std)
+        x = torch.where(x.isnan(), fill, x, out=x) if in_place else torch.where(x.isnan(), fill, x)
+    own = in_place or fill is not None  # x may be overwritten
+    return (x.sub_(mean) if own else x - mean).div_(std)  # one new tensor at most
 
 
 @dataclass
