@@ -10,7 +10,7 @@ Runtime (``trainlab.inference.Predictor``), the same API and answers.
 Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
 event loop keeps reading requests; each batch takes every input that has arrived, waiting up to
 ``max_wait_ms`` for requests that are still being read, up to ``max_batch_size`` inputs (a lone request to a
-fast model runs in the event loop: see ``Batcher.forward``). Every bad request
+fast model runs in the event loop: see ``Batcher.inline``). Every bad request
 is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefully on SIGTERM.
 """
 
@@ -77,6 +77,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.reading = 0  # requests being read whose inputs will come to the queue
         self.last_forward_s = math.inf  # per input, of the last batch; the first one runs in the thread
+        self.busy = False  # a batch is being gathered or run
 
     @contextlib.contextmanager
     def reading_request(self) -> Iterator[None]:
@@ -88,6 +89,8 @@ class Batcher:
             self.reading -= 1
 
     async def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        if not self.busy and self.queue.empty() and self.inline(raw, alone=True):
+            return self.timed(raw)  # alone and fast: no queue, no hand-over to the batching task
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((raw, future))
         return await future
@@ -95,7 +98,9 @@ class Batcher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self.busy = False
             batch = [await self.queue.get()]
+            self.busy = True
             size, deadline = len(batch[0][0]), loop.time() + self.max_wait
             while size < self.max_batch_size:
                 if not self.queue.empty():
@@ -109,7 +114,7 @@ class Batcher:
                 size += len(batch[-1][0])
             raws, futures = zip(*batch, strict=True)
             try:
-                outputs = await self.forward(torch.cat(raws), alone=len(batch) == 1 and not self.reading)
+                outputs = await self.forward(torch.cat(raws), alone=len(batch) == 1)
             except Exception as error:  # a bug: each waiting request answers 500 with it
                 for future in futures:
                     if not future.done():
@@ -120,16 +125,21 @@ class Batcher:
                     future.set_result(part)
 
     async def forward(self, raw: torch.Tensor, alone: bool) -> torch.Tensor:
-        """The predictor's outputs, computed in the worker thread; but inline for a request that is alone
-        (no other being read or queued) when, at the last forward pass's time per input, it would take under
-        ``INLINE_S``: then the event
-        loop has nothing to do meanwhile, and handing over to a thread and back costs more than the forward
-        pass (on a busy machine each wake-up of a thread waits for a core, milliseconds)."""
+        """The predictor's outputs, computed in the worker thread, or inline (``inline``)."""
+        if self.inline(raw, alone):
+            return self.timed(raw)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.timed, raw)
+
+    def inline(self, raw: torch.Tensor, alone: bool) -> bool:
+        """Whether to run the model in the event loop: for inputs that are ``alone`` (no other request
+        queued) while none is being read, when at the last forward pass's time per input they take under
+        ``INLINE_S``. The event loop has nothing else to do meanwhile, and handing over to a thread and back
+        costs more than such a forward pass (on a busy machine each wake-up of a thread waits for a core)."""
+        return alone and not self.reading and self.last_forward_s * len(raw) < INLINE_S
+
+    def timed(self, raw: torch.Tensor) -> torch.Tensor:
         begin = time.perf_counter()
-        if alone and self.last_forward_s * len(raw) < INLINE_S:
-            outputs = self.predictor(raw)
-        else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.predictor, raw)
+        outputs = self.predictor(raw)
         self.last_forward_s = (time.perf_counter() - begin) / len(raw)
         return outputs
 
