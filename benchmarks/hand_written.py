@@ -8,15 +8,15 @@ It imports only what its loop uses (torch, torchvision, torchmetrics, TensorBoar
 
 - ``reference``: what a careful user writes with trainlab's libraries and implementation choices: MNIST
   normalised once in memory, shuffled batches by ``index_select``, the CNN in channels-last memory order,
-  ``torch.optim.Adam(fused=True)``, torchmetrics accuracy on the validation split
-  every epoch, a TensorBoard ``SummaryWriter`` for the epoch's figures, ``torch.save`` of model and
-  optimizer every epoch, the test split at the end.
+  ``torch.optim.Adam(fused=True)``, torchmetrics accuracy on the validation split every epoch, a
+  TensorBoard ``SummaryWriter`` for the epoch's figures, ``torch.save`` of model and optimizer every epoch,
+  the test split at the end.
 - ``plain``: the same with torch's default (unfused) Adam.
 - ``textbook``: the same with the tutorials' data path: torchvision's MNIST with per-sample ``ToTensor`` and
   ``Normalize`` through a ``DataLoader(shuffle=True)``, and the default Adam.
 - ``lightning``: a ``LightningModule`` with fused Adam (and the CNN channels-last), fed the in-memory
-  batches of ``reference``, with
-  Lightning's default logger (TensorBoard) and checkpoint (model and optimizer, every epoch).
+  batches of ``reference``, with Lightning's default logger (TensorBoard) and checkpoint (model and
+  optimizer, every epoch).
 """
 
 from __future__ import annotations

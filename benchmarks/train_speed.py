@@ -17,7 +17,8 @@ images. What each pays for beyond that:
 
 - (r) reference (`benchmarks/hand_written.py reference`), the baseline of every ratio: MNIST decoded by
   torchvision and normalised once in memory, batches by `index_select` from `randperm`, the CNN channels-last
-  (trainlab's implementation choices), `torch.optim.Adam(fused=True)`, torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
+  (trainlab's implementation choices), `torch.optim.Adam(fused=True)`, torchmetrics accuracy, a
+  `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
 - (a) trainlab: `python train.py` with its defaults but `trainer.label_smoothing=0`, the reference's
   objective: training and validation accuracy, F1 and loss (torchmetrics); the loss and lr every 50 steps
   and the epoch's metrics to TensorBoard, with its pictures (the first batch; confusion matrix, worst
@@ -31,8 +32,8 @@ images. What each pays for beyond that:
 - (b) plain: (r) with torch's default Adam, which loops over the parameters: what fused Adam saves.
 - (c) textbook: (r)'s loop fed by torchvision's MNIST with per-sample `ToTensor` and `Normalize` through a
   `DataLoader(shuffle=True)`, the default Adam and memory order, as in the tutorials.
-- (d) Lightning: a `LightningModule` with fused Adam (the CNN channels-last) fed (r)'s in-memory batches, Lightning's default
-  TensorBoard logger and checkpoint, `self.log` of the loss and accuracy.
+- (d) Lightning: a `LightningModule` with fused Adam (the CNN channels-last) fed (r)'s in-memory batches,
+  Lightning's default TensorBoard logger and checkpoint, `self.log` of the loss and accuracy.
 
 *epoch* is the steady state: the mean time between the ends of epochs 1 to N, as the process prints them;
 *process* is from starting the process to its exit: imports, reading the data, every epoch, the test and
