@@ -22,7 +22,14 @@ import pandas as pd
 import torch
 from hydra.utils import to_absolute_path
 
-from trainlab.dataloader.inputs import all_numbers, as_text, encode_features, encoded_names, read_table
+from trainlab.dataloader.inputs import (
+    all_numbers,
+    as_text,
+    encode_features,
+    encoded_names,
+    factorize_text,
+    read_table,
+)
 from trainlab.dataloader.tensors import Splits, TableData
 from trainlab.errors import DataError
 from trainlab.tasks import Kind
@@ -93,8 +100,8 @@ class CSVTable(TableData):
                 f"dataset.target={self.target} is not a column of {self.path}; set it to one of "
                 f"{', '.join(map(str, frame.columns))}"
             )
-        labels = as_text(frame[self.target], self.na_values)
-        labelled = labels.notna().to_numpy()
+        labels, spellings = factorize_text(frame[self.target], self.na_values)  # labels: codes into spellings
+        labelled = labels >= 0
         if not labelled.all():
             log.info("%s: dropped %d rows without a target value", self.path.name, (~labelled).sum())
             frame, labels = frame[labelled], labels[labelled]
@@ -109,20 +116,22 @@ class CSVTable(TableData):
         columns = [self._column(name, frame[name]) for name in features]
         x, incomplete = encode_features(frame, columns, self.na_values, str(self.path))
         x, labels = self._handle_missing(x, labels, incomplete, len(frame))
-        kind = self.task_kind or infer_task(labels, self.max_classes)
-        y, classes = self._targets(labels, kind)
+        used = np.bincount(labels, minlength=len(spellings)) > 0  # dropped rows may have taken some labels
+        labels, spellings = (np.cumsum(used) - 1)[labels], spellings[used]
+        kind = self.task_kind or infer_task(spellings, self.max_classes)
+        y, classes = self._targets(labels, spellings, kind)
         return Splits(x, y, classes=classes, feature_names=encoded_names(columns), columns=columns, kind=kind)
 
     def _column(self, name: str, values: pd.Series) -> dict[str, Any]:
         """A feature's encoding: a number column, or a category column with the file's categories (a text
         column, or one named in ``categorical``)."""
         if name in self.categorical or not pd.api.types.is_numeric_dtype(values) or values.dtype == bool:
-            text = as_text(values, self.na_values)
-            if name in self.categorical or not all_numbers(text):
-                return {"name": name, "type": "category", "categories": sorted(text.dropna().unique())}
+            spellings = factorize_text(values, self.na_values)[1]
+            if name in self.categorical or not all_numbers(spellings):
+                return {"name": name, "type": "category", "categories": sorted(spellings)}
         return {"name": name, "type": "number"}
 
-    def _handle_missing(self, x: torch.Tensor, labels: pd.Series, incomplete: np.ndarray, rows: int):
+    def _handle_missing(self, x: torch.Tensor, labels: np.ndarray, incomplete: np.ndarray, rows: int):
         if not incomplete.any():
             return x, labels
         if self.missing == "impute":
@@ -146,15 +155,19 @@ class CSVTable(TableData):
         complete = ~incomplete
         return x[torch.from_numpy(complete)], labels[complete]
 
-    def _targets(self, labels: pd.Series, kind: Kind) -> tuple[torch.Tensor, list[str] | None]:
+    def _targets(
+        self, labels: np.ndarray, spellings: np.ndarray, kind: Kind
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """Class indices or values of the rows' ``labels`` (codes into the distinct ``spellings``), and the
+        classes' names."""
         if kind == "regression":
-            numbers = pd.to_numeric(labels, errors="coerce")
+            numbers = pd.to_numeric(pd.Series(spellings, dtype=object), errors="coerce")
             if numbers.isna().any():
                 raise DataError(
                     f"target column {self.target!r} holds text, but dataset.task=regression needs numbers"
                 )
-            return torch.from_numpy(numbers.to_numpy(np.float32)), None
-        classes = sorted(labels.unique(), key=_class_order)
+            return torch.from_numpy(numbers.to_numpy(np.float32)[labels]), None
+        classes = sorted(spellings, key=_class_order)
         if len(classes) < 2:
             raise DataError(f"target column {self.target!r} has a single value {classes}; nothing to classify")
-        return torch.from_numpy(pd.Index(classes).get_indexer(labels).astype(np.int64)), classes
+        return torch.from_numpy(pd.Index(classes).get_indexer(spellings).astype(np.int64)[labels]), classes

@@ -157,14 +157,19 @@ def _ragged_row(path: Path) -> tuple[int, int, int]:
 
 def as_text(values: pd.Series, na_values: Iterable[str] | None = None) -> pd.Series:
     """Cells as text in one spelling (stripped; numbers as ``1``, not ``1.0``), missing ones NaN: how
-    categories and class labels are compared, whether a file, a DataFrame or JSON rows hold them.
+    categories and class labels are compared, whether a file, a DataFrame or JSON rows hold them."""
+    codes, spellings = factorize_text(values, na_values)
+    return pd.Series(np.append(spellings, np.nan)[codes], index=values.index, dtype=object)
 
-    Each distinct value is spelled once (``pd.factorize``), so a text column of 300,000 rows but a few
-    categories costs a hash of the column, not 300,000 number parses."""
-    codes, distinct = pd.factorize(values)
-    spelled = _spell(pd.Series(distinct, dtype=object), na_values).to_numpy(object)
-    text = np.append(spelled, np.nan)[codes]  # code -1 (NaN, None) indexes the appended NaN
-    return pd.Series(text, index=values.index, dtype=object)
+
+def factorize_text(values: pd.Series, na_values: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, spellings)``: the distinct spellings of ``as_text`` and each cell's index among them, -1 where
+    missing. Each distinct value is spelled once (``pd.factorize``), so a column of 300,000 rows but a few
+    categories costs a hash of the column, not 300,000 number parses and strings."""
+    codes, distinct = pd.factorize(values)  # NaN, None: -1
+    spelled = _spell(pd.Series(distinct, dtype=object), na_values)
+    merged, spellings = pd.factorize(spelled)  # "1" and 1.0 are one spelling; a spelled-missing one is -1
+    return np.append(merged, -1)[codes], np.asarray(spellings, dtype=object)
 
 
 def _spell(values: pd.Series, na_values: Iterable[str] | None) -> pd.Series:
@@ -178,10 +183,9 @@ def _spell(values: pd.Series, na_values: Iterable[str] | None) -> pd.Series:
     return text.mask(missing)
 
 
-def all_numbers(text: pd.Series) -> bool:
-    """Whether every present value of ``as_text`` output is a number (checked once per distinct value)."""
-    distinct = pd.Series(text.dropna().unique(), dtype=object)
-    return bool(pd.to_numeric(distinct, errors="coerce").notna().all())
+def all_numbers(spellings: Sequence[str]) -> bool:
+    """Whether every one of the distinct spellings ``factorize_text`` makes is a number."""
+    return bool(pd.to_numeric(pd.Series(spellings, dtype=object), errors="coerce").notna().all())
 
 
 def as_numbers(values: pd.Series, na_values: Iterable[str] | None, name: str) -> np.ndarray:
@@ -219,23 +223,24 @@ def encode_features(
     """
     frame = to_frame(rows)
     check_columns(frame, columns, source, target)
-    blocks, incomplete = [], np.zeros(len(frame), dtype=bool)
-    for column in columns:
+    widths = [len(column.get("categories", [None])) for column in columns]
+    # features as rows, then one transposing copy: several times faster than filling (N, F) column by column
+    features = np.zeros((sum(widths), len(frame)), dtype=np.float32)
+    incomplete = np.zeros(len(frame), dtype=bool)
+    for column, start in zip(columns, np.cumsum([0, *widths[:-1]]), strict=True):
         values = frame[column["name"]]
         if column["type"] == "number":
-            numbers = as_numbers(values, na_values, column["name"])
-            incomplete |= np.isnan(numbers)
-            blocks.append(numbers[None, :])
+            features[start] = as_numbers(values, na_values, column["name"])
+            incomplete |= np.isnan(features[start])
         else:
-            text = as_text(values, na_values)
-            incomplete |= text.isna().to_numpy()
-            codes = pd.Index(column["categories"]).get_indexer(text)  # missing or unseen: -1
-            one_hot = np.zeros((len(column["categories"]), len(frame)), dtype=np.float32)
+            cells, spellings = factorize_text(values, na_values)
+            incomplete |= cells < 0
+            codes = np.append(pd.Index(column["categories"]).get_indexer(spellings), -1)[
+                cells
+            ]  # missing, unseen: -1
             known = codes >= 0
-            one_hot[codes[known], np.flatnonzero(known)] = 1.0
-            blocks.append(one_hot)
-    # features as rows, then one transposing copy: several times faster than joining (N, k) blocks side by side
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(blocks, axis=0).T)), incomplete
+            features[start + codes[known], np.flatnonzero(known)] = 1.0
+    return torch.from_numpy(np.ascontiguousarray(features.T)), incomplete
 
 
 def encode_rows(

@@ -295,15 +295,19 @@ class TableData(TensorData):
         # numpy: its reductions over the rows of an (N, F) array are several times faster than torch's
         x = self.x_train.numpy()
         missing = np.isnan(x)
-        present = np.maximum((~missing).sum(0), 1)
-        fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
         if missing.any():
+            present = np.maximum((~missing).sum(0), 1)
+            fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
             x = np.where(missing, fill.astype(np.float32), x)
+        else:
+            fill = x.mean(0, dtype=np.float64)
         self.fill, self.x_train = torch.from_numpy(fill).float(), torch.from_numpy(x)
         features = self.input_shape[0]
-        if self.normalize:
-            self.mean = torch.from_numpy(x.mean(0, dtype=np.float64)).float()
-            self.std = torch.from_numpy(x.std(0, ddof=1, dtype=np.float64)).float().clamp_min(1e-6)
+        if self.normalize:  # the mean of the imputed values is the mean of the present ones: ``fill``
+            self.mean = self.fill.clone()
+            self.std = (
+                torch.from_numpy(x.std(0, ddof=1, dtype=np.float64, mean=fill[None])).float().clamp_min(1e-6)
+            )
         else:
             self.mean, self.std = torch.zeros(features), torch.ones(features)
         one_hot = torch.tensor(
