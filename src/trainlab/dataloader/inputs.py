@@ -11,8 +11,9 @@ fraction of a second; encoding is vectorised per column (``pd.to_numeric``, cate
 from __future__ import annotations
 
 import csv
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,15 +40,23 @@ def read_inputs(spec: InputSpec, path: Path) -> Inputs:
 
 
 # -- images ------------------------------------------------------------------------------------------
-def image_transform(input_shape: Sequence[int], to_float: bool = True):
+def image_transform(input_shape: Sequence[int], to_float: bool = True) -> Callable[[Any], torch.Tensor]:
     """PIL image -> (C, H, W) float tensor in [0, 1]: resized to the trained size, grey if 1 channel; with
-    ``to_float=False`` its uint8 pixels (what a decoded image folder keeps)."""
-    from torchvision.transforms import v2
+    ``to_float=False`` its uint8 pixels (what a decoded image folder keeps). A picklable function (DataLoader
+    workers get it) of torchvision's functional kernels: a ``v2.Compose`` built per image, as a server
+    decodes them, costs more than the decode itself."""
+    return functools.partial(_to_tensor, tuple(input_shape), to_float)
+
+
+def _to_tensor(input_shape: tuple[int, int, int], to_float: bool, image) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
 
     channels, height, width = input_shape
-    gray = [v2.Grayscale()] if channels == 1 else []  # images are read as RGB
-    scale = [v2.ToDtype(torch.float32, scale=True)] if to_float else []
-    return v2.Compose([v2.Resize((height, width)), *gray, v2.ToImage(), *scale])
+    image = F.resize(image, [height, width])
+    if channels == 1:  # images are read as RGB
+        image = F.rgb_to_grayscale(image)
+    pixels = F.pil_to_tensor(image)
+    return F.to_dtype(pixels, torch.float32, scale=True) if to_float else pixels
 
 
 def image_files(path: Path) -> list[Path]:
