@@ -13,6 +13,8 @@ import torch
 from conftest import ROOT, cli_main, make_config
 
 from trainlab import checkpoint
+from trainlab.callbacks import Callback
+from trainlab.cli import run_job
 from trainlab.run import train
 
 # One-sample steps: each epoch takes 0.5 s or more, so a signal sent when epoch 1 ends lands during epoch 2
@@ -61,11 +63,34 @@ def test_sigterm_saves_exits_and_the_printed_command_resumes_the_run(tmp_path):
         assert torch.equal(weights, final[1][name]), name
 
 
+class CtrlCInTheTest(Callback):
+    """Ctrl-C as the run's test begins: after its last training step, when there is nothing left to stop."""
+
+    def on_test_batch_end(self, context, x, y, outputs) -> None:
+        if not hasattr(self, "sent"):
+            self.sent = True
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_as_a_run_finishes_lets_it_finish_and_stops_the_next_run_of_the_sweep(tmp_path):
+    """As in a sweep's process (Hydra's basic launcher): the signal is not lost with the finished run."""
+    cfg = make_config("trainer.max_epochs=1", f"+callbacks.ctrl_c._target_={__name__}.CtrlCInTheTest")
+    finished = run_job(lambda: train(cfg, tmp_path / "finishing"))
+    assert (tmp_path / "finishing" / "metrics.json").is_file() and "test/acc" in finished
+    with pytest.raises(SystemExit) as stopped:
+        run_job(lambda: train(make_config(), tmp_path / "next"))
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert not (tmp_path / "next").exists()
+    assert run_job(lambda: "ran") == "ran"  # the signal stopped one run, not every later one
+
+
 # Saves a checkpoint, then starts another whose state holds an object that, as torch.save pickles it, says
 # so and waits: the second save is stopped between creating its temporary file and the rename.
 WRITER = """
 import signal, sys, torch
 from trainlab import checkpoint
+from trainlab.callbacks import Callback
+from trainlab.cli import run_job
 
 class Stall:
     def __reduce__(self):

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from trainlab.errors import TrainlabError
-from trainlab.preemption import Interrupted
+from trainlab.preemption import Interrupted, stop_for_late_signal
 
 log = logging.getLogger("trainlab")
 
@@ -52,9 +52,11 @@ def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
     goes on; a signal stops the sweep too. ``show_traceback`` (or HYDRA_FULL_ERROR=1) keeps the traceback.
     """
     try:
+        stop_for_late_signal()  # a sweep's job: Ctrl-C came as the previous one was finishing
         return job()
     except Interrupted as interrupted:
-        log.error("%s. Resume with: %s", interrupted, resume_command(interrupted.ckpt_path))
+        resume = f". Resume with: {resume_command(interrupted.ckpt_path)}" if interrupted.ckpt_path else ""
+        log.error("%s%s", interrupted, resume)
         sys.exit(interrupted.exit_code)
     except Exception as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error

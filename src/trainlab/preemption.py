@@ -1,5 +1,7 @@
 """Preemption: SIGTERM or SIGINT (a cluster's time limit, Ctrl-C) lets the current step finish, then the
-trainer writes ``last.ckpt`` and raises ``Interrupted``; a second signal aborts at once."""
+trainer writes ``last.ckpt`` and raises ``Interrupted``; a second signal aborts at once. A signal that comes
+after the last training step (in the last validation, the test) lets the run finish, and then stops the
+next run of the process, a sweep's next job (``stop_for_late_signal``): it is never lost."""
 
 from __future__ import annotations
 
@@ -14,12 +16,25 @@ log = logging.getLogger(__name__)
 
 
 class Interrupted(RuntimeError):
-    """SIGTERM or SIGINT arrived: ``last.ckpt`` (at ``ckpt_path``) was written and the run stopped cleanly."""
+    """SIGTERM or SIGINT arrived: ``last.ckpt`` (at ``ckpt_path``) was written and the run stopped cleanly;
+    no ``ckpt_path``: the signal came as the previous run was finishing, and this one did not start."""
 
-    def __init__(self, message: str, signum: int, ckpt_path: Path):
+    def __init__(self, message: str, signum: int, ckpt_path: Path | None = None):
         super().__init__(message)
         self.exit_code = 128 + signum
         self.ckpt_path = ckpt_path
+
+
+_late_signal: int | None = None  # caught as a run was finishing: it stops the process's next run
+
+
+def stop_for_late_signal() -> None:
+    """Raise ``Interrupted`` if a signal came as this process's previous run was finishing."""
+    global _late_signal
+    signum, _late_signal = _late_signal, None
+    if signum is not None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"stopped by {name}, which came as the previous run was finishing", signum)
 
 
 class SignalCatcher:
@@ -34,7 +49,10 @@ class SignalCatcher:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("%s received: finishing this step and saving last.ckpt", signal.Signals(signum).name)
+        log.warning(
+            "%s received: stopping after this step, saving last.ckpt (after the run, if it is finishing)",
+            signal.Signals(signum).name,
+        )
 
     def __enter__(self) -> SignalCatcher:
         with contextlib.suppress(ValueError):  # not the main thread
@@ -43,8 +61,11 @@ class SignalCatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        global _late_signal
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self.signum is not None and exc[0] is None:  # caught, but the run ended without stopping for it
+            _late_signal = self.signum
 
     def received(self, all_ranks: bool = False) -> bool:
         """Whether a signal arrived. ``all_ranks`` (DDP): whether one arrived on any rank, a collective that

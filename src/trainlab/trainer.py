@@ -189,9 +189,10 @@ class Trainer:
                         callback.on_epoch_end(context, epoch_metrics)
                     context.stop_requested = distributed.from_main(context.stop_requested)  # rank 0 decides
                     self._checkpoint(state, checkpoints, epoch_metrics)
-            results = self._test(model, data, checkpoints, outputs, context)
-            results["wall_time_s"] = round(time.perf_counter() - start, 3)
-            outputs.write_results(results, hparams or {})
+                # a signal from here on lets the run finish, then stops the process's next run (preemption)
+                results = self._test(model, data, checkpoints, outputs, context)
+                results["wall_time_s"] = round(time.perf_counter() - start, 3)
+                outputs.write_results(results, hparams or {})
             if distributed.is_main():
                 print_summary(results, Path(run_dir))
             return results
