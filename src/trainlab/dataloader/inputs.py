@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet"}
+ROW_BLOCK = 8192  # rows of a table encoded at a time: 8192 x 35 features fill 1 MiB of cache
 Inputs = tuple[list[str], torch.Tensor, torch.Tensor | None]  # names, raw inputs, targets where known
 
 
@@ -133,9 +134,10 @@ def read_table(path: Path, na_values: Sequence[str] | None = None) -> pd.DataFra
         raise DataError(_parse_error(path, error)) from None
     if frame.empty:
         raise DataError(f"{path} has a header but no rows")
-    for name in frame.columns:  # pyarrow keeps the cells of a column that is not UTF-8 as bytes
+    # pyarrow keeps the cells of a column that is not UTF-8 as bytes, in an object column (text is str)
+    for name in frame.columns[frame.dtypes.map(pd.api.types.is_object_dtype)]:
         present = frame[name].dropna()
-        if frame[name].dtype == object and len(present) and isinstance(present.iloc[0], bytes):
+        if len(present) and isinstance(present.iloc[0], bytes):
             raise DataError(f"{path} is not UTF-8 text (column {name!r}); save it as UTF-8")
     return frame
 
@@ -198,7 +200,9 @@ def all_numbers(spellings: Sequence[str]) -> bool:
 
 
 def as_numbers(values: pd.Series, na_values: Iterable[str] | None, name: str) -> np.ndarray:
-    """A numeric column as float32, missing values NaN; text that is not a number is an error."""
+    """A numeric column as floats, missing values NaN; text that is not a number is an error."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f":
+        return values.to_numpy()  # NaN already marks the missing ones: no copy
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.to_numpy(np.float32, na_value=np.nan)
     text = values.astype(str).str.strip()
@@ -233,14 +237,18 @@ def encode_features(
     frame = to_frame(rows)
     check_columns(frame, columns, source, target)
     widths = [len(column.get("categories", [None])) for column in columns]
-    # features as rows, then one transposing copy: several times faster than filling (N, F) column by column
-    features = np.zeros((sum(widths), len(frame)), dtype=np.float32)
+    # (N, F) filled in place: torch zeroes it on all cores, and number columns are written a block of rows at
+    # a time that stays in the cache (3-5x faster than numpy's lazily zeroed pages and whole-column writes, or
+    # than filling (F, N) and transposing it)
+    features = torch.zeros(len(frame), sum(widths))
+    out = features.numpy()
+    numbers: list[tuple[int, np.ndarray]] = []
     incomplete = np.zeros(len(frame), dtype=bool)
     for column, start in zip(columns, np.cumsum([0, *widths[:-1]]), strict=True):
         values = frame[column["name"]]
         if column["type"] == "number":
-            features[start] = as_numbers(values, na_values, column["name"])
-            incomplete |= np.isnan(features[start])
+            numbers.append((start, as_numbers(values, na_values, column["name"])))
+            incomplete |= np.isnan(numbers[-1][1])
         else:
             cells, spellings = factorize_text(values, na_values)
             incomplete |= cells < 0
@@ -248,8 +256,11 @@ def encode_features(
                 cells
             ]  # missing, unseen: -1
             known = codes >= 0
-            features[start + codes[known], np.flatnonzero(known)] = 1.0
-    return torch.from_numpy(np.ascontiguousarray(features.T)), incomplete
+            out[np.flatnonzero(known), start + codes[known]] = 1.0
+    for block in range(0, len(frame), ROW_BLOCK):
+        for start, values in numbers:
+            out[block : block + ROW_BLOCK, start] = values[block : block + ROW_BLOCK]
+    return features, incomplete
 
 
 def encode_rows(

@@ -305,9 +305,7 @@ class TableData(TensorData):
         features = self.input_shape[0]
         if self.normalize:  # the mean of the imputed values is the mean of the present ones: ``fill``
             self.mean = self.fill.clone()
-            self.std = (
-                torch.from_numpy(x.std(0, ddof=1, dtype=np.float64, mean=fill[None])).float().clamp_min(1e-6)
-            )
+            self.std = self.x_train.std(0).clamp_min(1e-6)  # torch's: no float64 copy of the split
         else:
             self.mean, self.std = torch.zeros(features), torch.ones(features)
         one_hot = torch.tensor(
