@@ -113,8 +113,9 @@ class CSVTable(TableData):
             )
         # category names (not statistics) come from the whole file, so a category first seen in val or test
         # still has its column; means and standard deviations come from the training split alone.
-        columns = [self._column(name, frame[name]) for name in features]
-        x, incomplete = encode_features(frame, columns, self.na_values, str(self.path))
+        factorized: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # text columns: spelled once, encoded with it
+        columns = [self._column(name, frame[name], factorized) for name in features]
+        x, incomplete = encode_features(frame, columns, self.na_values, str(self.path), factorized=factorized)
         x, labels = self._handle_missing(x, labels, incomplete, len(frame))
         used = np.bincount(labels, minlength=len(spellings)) > 0  # dropped rows may have taken some labels
         labels, spellings = (np.cumsum(used) - 1)[labels], spellings[used]
@@ -122,12 +123,15 @@ class CSVTable(TableData):
         y, classes = self._targets(labels, spellings, kind)
         return Splits(x, y, classes=classes, feature_names=encoded_names(columns), columns=columns, kind=kind)
 
-    def _column(self, name: str, values: pd.Series) -> dict[str, Any]:
+    def _column(
+        self, name: str, values: pd.Series, factorized: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[str, Any]:
         """A feature's encoding: a number column, or a category column with the file's categories (a text
-        column, or one named in ``categorical``)."""
+        column, or one named in ``categorical``), whose ``factorize_text`` goes into ``factorized``."""
         if name in self.categorical or not pd.api.types.is_numeric_dtype(values) or values.dtype == bool:
-            spellings = factorize_text(values, self.na_values)[1]
+            codes, spellings = factorize_text(values, self.na_values)
             if name in self.categorical or not all_numbers(spellings):
+                factorized[name] = codes, spellings
                 return {"name": name, "type": "category", "categories": sorted(spellings)}
         return {"name": name, "type": "number"}
 

@@ -227,12 +227,14 @@ def encode_features(
     na_values: Iterable[str] | None = None,
     source: str = "the rows",
     target: str | None = None,
+    factorized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Rows to the raw encoded feature matrix (N, F) and which rows miss a value.
 
     ``columns`` as in ``InputSpec.columns``: number columns as they are (missing: NaN, which normalisation
     imputes), category columns one-hot over their training categories (missing or unseen: all zeros).
     The rows' columns may come in any order and include others. The one encoding of training and inference.
+    ``factorized``: ``factorize_text`` of category columns, where the caller has it already.
     """
     frame = to_frame(rows)
     check_columns(frame, columns, source, target)
@@ -250,7 +252,7 @@ def encode_features(
             numbers.append((start, as_numbers(values, na_values, column["name"])))
             incomplete |= np.isnan(numbers[-1][1])
         else:
-            cells, spellings = factorize_text(values, na_values)
+            cells, spellings = (factorized or {}).get(column["name"]) or factorize_text(values, na_values)
             incomplete |= cells < 0
             codes = np.append(pd.Index(column["categories"]).get_indexer(spellings), -1)[
                 cells
