@@ -5,6 +5,8 @@
 It imports only what its loop uses (torch, torchvision, torchmetrics, TensorBoard; Lightning for
 ``lightning``), so that its whole-process time is what that loop costs, start to exit. Each prints
 ``epoch k/N`` when an epoch is done (validated, logged and saved) and ``test/acc=...`` at the end.
+``train_speed.py`` runs ``reference``, ``plain`` and ``lightning`` with glibc's malloc told (by environment
+variables) to keep freed memory, as trainlab tells it with ``mallopt``.
 
 - ``reference``: what a careful user writes with trainlab's libraries and implementation choices: MNIST
   normalised once in memory, shuffled batches by ``index_select``, the CNN in channels-last memory order,

@@ -17,8 +17,10 @@ images. What each pays for beyond that:
 
 - (r) reference (`benchmarks/hand_written.py reference`), the baseline of every ratio: MNIST decoded by
   torchvision and normalised once in memory, batches by `index_select` from `randperm`, the CNN channels-last
-  (trainlab's implementation choices), `torch.optim.Adam(fused=True)`, torchmetrics accuracy, a
-  `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
+  and glibc's malloc told to keep freed memory (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`: what
+  trainlab sets with `mallopt`) (trainlab's implementation choices), `torch.optim.Adam(fused=True)`,
+  torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
+- (r') the same with glibc's default allocator settings: what keeping freed memory saves.
 - (a) trainlab: `python train.py` with its defaults but `trainer.label_smoothing=0`, the reference's
   objective: training and validation accuracy, F1 and loss (torchmetrics); the loss and lr every 50 steps
   and the epoch's metrics to TensorBoard, with its pictures (the first batch; confusion matrix, worst
@@ -31,9 +33,10 @@ images. What each pays for beyond that:
 - (a'') the CNN with `trainer.channels_last=false`: what channels-last saves.
 - (b) plain: (r) with torch's default Adam, which loops over the parameters: what fused Adam saves.
 - (c) textbook: (r)'s loop fed by torchvision's MNIST with per-sample `ToTensor` and `Normalize` through a
-  `DataLoader(shuffle=True)`, the default Adam and memory order, as in the tutorials.
+  `DataLoader(shuffle=True)`, the default Adam, memory order and allocator, as in the tutorials.
 - (d) Lightning: a `LightningModule` with fused Adam (the CNN channels-last) fed (r)'s in-memory batches,
-  Lightning's default TensorBoard logger and checkpoint, `self.log` of the loss and accuracy.
+  with (r)'s allocator settings, Lightning's default TensorBoard logger and checkpoint, `self.log` of the
+  loss and accuracy.
 
 *epoch* is the steady state: the mean time between the ends of epochs 1 to N, as the process prints them;
 *process* is from starting the process to its exit: imports, reading the data, every epoch, the test and
@@ -68,6 +71,7 @@ MODELS = {  # trainlab's overrides for the networks that hand_written.network wr
 }
 VARIANTS = {
     "reference": "(r) reference loop",
+    "reference_default_malloc": "(r') reference loop, default allocator",
     "trainlab": "(a) trainlab",
     "trainlab_smoothing": "(a') trainlab, label smoothing 0.1",  # the MLP only
     "trainlab_contiguous": "(a'') trainlab, channels_last=false",  # the CNN only
@@ -80,6 +84,11 @@ TRAINLAB_OPTIONS = {  # what the variants of trainlab add to train_py's override
     "trainlab_contiguous": ["trainer.channels_last=false"],
 }
 ONLY = {"trainlab_smoothing": "mlp", "trainlab_contiguous": "cnn"}
+KEEP_FREED_MEMORY = {  # glibc's malloc keeps freed memory: what trainlab sets with mallopt (keep_freed_memory)
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+}
+DEFAULT_ALLOCATOR = {"textbook", "reference_default_malloc"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (colours, the bar's redrawing)
 EPOCH_LINE = re.compile(r"(?:^|\] - )epoch (\d+)/\d+(?::|$)")  # trainlab's log line, or hand_written's
 TEST_ACC = re.compile(r"test/acc\W+([0-9.]+)")  # trainlab's summary table, or hand_written's last line
@@ -172,13 +181,13 @@ def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[st
             [
                 sys.executable,
                 str(HAND_WRITTEN),
-                variant,
+                variant.removesuffix("_default_malloc"),
                 f"--model={model}",
                 f"--epochs={args.epochs}",
                 f"--data-dir={args.data_dir}",
                 *limit,
             ],
-            env,
+            env if variant in DEFAULT_ALLOCATOR else env | KEEP_FREED_MEMORY,
         )
 
 

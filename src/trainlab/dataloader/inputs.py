@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet"}
-ROW_BLOCK = 8192  # rows of a table encoded at a time: 8192 x 35 features fill 1 MiB of cache
+ROW_BLOCK = 8192  # rows of a table encoded at a time: with 35 features, about 1 MiB, which stays in the cache
 Inputs = tuple[list[str], torch.Tensor, torch.Tensor | None]  # names, raw inputs, targets where known
 
 
