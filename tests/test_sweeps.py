@@ -195,7 +195,11 @@ def test_optuna_search_interrupted_and_resumed_continues_its_study(tmp_path):
     sweep_dir = tmp_path / "search"
     command = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=100"]
     command += [f"hydra.sweep.dir={sweep_dir}", *TINY]
+    # a child inherits an ignored SIGINT (pytest started by `cmd &` in a script), and Ctrl-C would then not
+    # reach the search before its trials catch it themselves: the search starts with Python's own handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     search = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signal.signal(signal.SIGINT, previous)
     output, runs_started = [], 0
     for line in search.stdout:  # the search's log, as it writes it
         output.append(line)
