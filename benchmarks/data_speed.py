@@ -121,11 +121,11 @@ def tables(work: Path, row_counts: list[int], rounds: int) -> list[str]:
     lines = [
         '### Tables: `dataset=csv` against `pandas.read_csv(engine="pyarrow")` + `get_dummies`',
         "",
-        "Time, best of "
-        f"{rounds} rounds: trainlab's read + encode is the data set's `load()`, the same work as the pandas "
-        "variant (the whole table read, typed, encoded); built is `run.build_data`, which then also splits "
-        "and standardises, what a training run waits for. Memory: the subprocess's peak resident set, and its peak above the memory after "
-        "importing torch and pandas (trainlab's imports its own modules too, which the first figure counts).",
+        f"Time, best of {rounds} rounds: trainlab's read + encode is the data set's `load()`, the same work as "
+        "the pandas variant (the whole table read, typed, encoded); built is `run.build_data`, which then also "
+        "splits and standardises, what a training run waits for. Memory: the subprocess's peak resident set, "
+        "and its peak above the memory after importing torch and pandas (trainlab's imports its own modules "
+        "too, which the first figure counts).",
         "",
         "| rows | file | variant | time (s) | vs pandas | vs pandas per round | peak (MiB) | vs pandas | "
         "above imports (MiB) | vs pandas |",

@@ -84,10 +84,6 @@ TRAINLAB_OPTIONS = {  # what the variants of trainlab add to train_py's override
     "trainlab_contiguous": ["trainer.channels_last=false"],
 }
 ONLY = {"trainlab_smoothing": "mlp", "trainlab_contiguous": "cnn"}
-KEEP_FREED_MEMORY = {  # glibc's malloc keeps freed memory: what trainlab sets with mallopt (keep_freed_memory)
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(2**30),
-}
 DEFAULT_ALLOCATOR = {"textbook", "reference_default_malloc"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (colours, the bar's redrawing)
 EPOCH_LINE = re.compile(r"(?:^|\] - )epoch (\d+)/\d+(?::|$)")  # trainlab's log line, or hand_written's
@@ -168,6 +164,14 @@ def train_py(data_dir: Path, model: str, epochs: int, batches: int | None, run_d
     ]
 
 
+def keep_freed_memory_env() -> dict[str, str]:
+    """glibc's environment variables for the allocator settings trainlab makes with ``mallopt``
+    (``trainlab.devices.keep_freed_memory``), for the hand-written loops."""
+    from trainlab.devices import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
 def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[str, str]) -> Timing:
     batches = args.cnn_batches if model == "cnn" else None
     with tempfile.TemporaryDirectory(prefix="trainlab-bench-") as run_dir:
@@ -187,7 +191,7 @@ def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[st
                 f"--data-dir={args.data_dir}",
                 *limit,
             ],
-            env if variant in DEFAULT_ALLOCATOR else env | KEEP_FREED_MEMORY,
+            env if variant in DEFAULT_ALLOCATOR else env | keep_freed_memory_env(),
         )
 
 

@@ -52,20 +52,24 @@ def configure_torch(num_threads: int | None, deterministic: bool) -> None:
         torch.set_num_threads(num_threads)
 
 
+MMAP_THRESHOLD = 32 * 2**20  # glibc's malloc: blocks up to this size come from its heap (its upper bound)
+TRIM_THRESHOLD = 2**30  # and the heap's free top is given back to the system only beyond this
+
+
 def keep_freed_memory() -> None:
     """Let glibc's malloc keep the memory a training step frees for the next step.
 
     By default it hands freed blocks back to the system (blocks from 128 KiB up, where its thresholds sit
     then, and the free top of its heap), so every step faults its activations in again: on a virtual
-    machine, where a page fault costs several microseconds, 400,000 faults an epoch of the MNIST CNN's 100
-    batches, which made it 1.18x a hand-written loop's. Fixed thresholds (blocks up to 32 MiB from the heap, which is never trimmed)
-    keep them, as jemalloc and tcmalloc do; the data set's large tensors are still mapped and unmapped
-    whole. A no-op where the C library is not glibc."""
+    machine, where a page fault costs several microseconds, 400,000 faults an epoch of the MNIST CNN's
+    100 batches, which made it 1.18x a hand-written loop's. Fixed thresholds keep them, as jemalloc and
+    tcmalloc do; the data set's large tensors are still mapped and unmapped whole. A no-op where the C
+    library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    mallopt(m_mmap_threshold, 32 * 2**20)
-    mallopt(m_trim_threshold, 2**30)
+    mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+    mallopt(m_trim_threshold, TRIM_THRESHOLD)
