@@ -5,24 +5,28 @@ endpoint around the same model (one forward pass per request), for the digits ML
     python benchmarks/serve_speed.py --rounds 1 --requests 100
 
 Each model is trained briefly (its weights do not change its speed) and exported; the three servers run
-as uvicorn processes on 127.0.0.1 side by side, access logs off, one compute thread each. A client in this
+as uvicorn processes on 127.0.0.1 side by side (httptools and uvloop, as ``uvicorn[standard]`` installs
+them for all three), access logs off, one compute thread each. A client in this
 process (aiohttp, asyncio) sends each server bursts of single-PNG multipart requests at concurrency 1 and
 16, the servers taking turns within each round; a variant's figures are its best round (other jobs on a
 shared machine only ever add time), its ratios to the plain endpoint the median of the rounds' ratios
 (each round's servers ran side by side in time, under the same load). Also measured: the model's own
 forward time per input (torch eager and ONNX Runtime, batch 1 and 16), the PNG decode, and a
-``GET /health`` round trip (the HTTP floor of a request).
+``GET /health`` round trip (the HTTP floor of a request); and from trainlab's ``GET /health``, the requests
+per forward pass at each concurrency (how the server batched them).
 """
 
 import argparse
 import asyncio
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -119,6 +123,13 @@ async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str
     return latencies
 
 
+def batching(url: str) -> dict | None:
+    """A trainlab server's counts of requests and forward passes (``GET /health``); None for the plain one."""
+    with urllib.request.urlopen(f"{url}/health") as answer:
+        health = json.load(answer)
+    return health if "forward_passes" in health else None
+
+
 def per_call_ms(call, *args, n: int) -> float:
     call(*args)  # warm-up
     begin = time.perf_counter()
@@ -195,12 +206,18 @@ def main() -> None:
                 summary(asyncio.run(burst(started["plain FastAPI"][1], body, 1, 200, "/health")))[1]
                 for _ in range(2)
             )
+            batched: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])  # requests, forward passes
             for _ in range(args.rounds):
                 for concurrency in CONCURRENCY:
                     for name, (_, url) in started.items():
                         n = args.requests // 4 if concurrency == 1 else args.requests
                         asyncio.run(burst(url, body, concurrency, 32))  # warm-up
+                        before = batching(url)
                         results[(name, concurrency)].append(summary(asyncio.run(burst(url, body, concurrency, n))))
+                        if before:
+                            after = batching(url)
+                            for i, key in enumerate(("requests", "forward_passes")):
+                                batched[(name, concurrency)][i] += after[key] - before[key]
         finally:
             for process, _ in started.values():
                 process.terminate()
@@ -211,25 +228,27 @@ def main() -> None:
             rps, p50, p99 = max(rounds)  # the best round: other jobs only ever add time
             throughput = np.median([r[0] / q[0] for r, q in zip(rounds, plain, strict=True)])  # same round
             latency = np.median([r[1] / q[1] for r, q in zip(rounds, plain, strict=True)])
-            rows.append((model_name, name, concurrency, rps, p50, p99, throughput, latency))
+            requests, passes = batched.get((name, concurrency), (0, 0))
+            per_pass = f"{requests / passes:.1f}" if passes else ""
+            rows.append((model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass))
         rows.append((model_name, "forward", times, floor))
     print(f"load average before {load_before}, after {os.getloadavg()}; {os.cpu_count()} cores")
     print(
-        "| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain (median of rounds) | p50 vs plain |"
+        "| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain (median of rounds) | p50 vs plain | requests per forward pass |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row[1] == "forward":
             model_name, _, times, floor = row
             print(
                 f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['torch_b1']:.3f} / "
                 f"{times['torch_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode {times['decode']:.3f} ms; GET /health round trip "
-                f"{floor:.3f} ms | | | | | | |"
+                f"{floor:.3f} ms | | | | | | | |"
             )
         else:
-            model_name, name, concurrency, rps, p50, p99, throughput, latency = row
+            model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass = row
             print(
-                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x |"
+                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x | {per_pass} |"
             )
 
 

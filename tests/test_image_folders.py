@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_config, make_data, write_images
@@ -161,3 +162,26 @@ def test_in_memory_folder_resumed_mid_epoch_ends_bitwise_identical(photos, tmp_p
     train(make_config(*run, f"ckpt_path={interrupted.value.ckpt_path}"), tmp_path / "resumed")
     assert_same_tensors(final_state(tmp_path / "straight"), final_state(tmp_path / "resumed"))
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("to_float", [True, False])
+def test_images_are_read_as_torchvisions_transforms_read_them(to_float):
+    """``image_transform`` (plain PIL and numpy, for a server's speed) gives torchvision's resize, grey
+    conversion and ``to_dtype(scale=True)`` bit for bit: training, predict.py and serve.py see the same pixels."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    from trainlab.dataloader.inputs import image_transform
+
+    rng = np.random.default_rng(0)
+    for shape, size in [
+        ((1, 28, 28), (28, 28)),
+        ((1, 16, 16), (40, 33)),
+        ((3, 32, 32), (28, 28)),
+        ((3, 24, 24), (50, 70)),
+    ]:
+        image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        resized = F.resize(image, list(shape[1:]))  # as the PIL images they were
+        expected = F.pil_to_tensor(F.rgb_to_grayscale(resized) if shape[0] == 1 else resized)
+        expected = F.to_dtype(expected, torch.float32, scale=True) if to_float else expected
+        assert torch.equal(image_transform(shape, to_float)(image), expected)

@@ -4,9 +4,12 @@ predict.py's for images and table rows, with torch (.ckpt) and ONNX Runtime (.on
 
 import base64
 import csv
+import http.client
 import io
+import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,7 +128,7 @@ def test_metadata_and_openapi(digits_server, digits_run):
     assert metadata["task"] == "multiclass" and metadata["classes"] == [str(i) for i in range(10)]
     assert metadata["input_spec"]["input_shape"] == [1, 8, 8]
     assert metadata["test_metrics"] == {k: v for k, v in digits_run[1].items() if k.startswith("test/")}
-    assert digits_server.client.get("/health").json() == {"status": "ok"}
+    assert digits_server.client.get("/health").json()["status"] == "ok"
     body = digits_server.client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
     assert set(body["content"]) == {"multipart/form-data", "application/json"}
     assert digits_server.client.get("/docs").status_code == 200
@@ -180,7 +183,7 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(digits_s
     streamed = (b" " * 1_000_000 for _ in range(11))  # chunked: no content-length to refuse it by
     answer = client.post("/predict", content=streamed, headers={"content-type": "application/json"})
     assert answer.status_code == 413 and "over the limit of 10 MB" in answer.json()["error"]
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json()["status"] == "ok"
     assert client.post("/predict", files={"file": GOOD}).status_code == 200
 
 
@@ -232,6 +235,44 @@ def test_concurrent_clients_get_their_own_answers(digits_server):
 @pytest.mark.slow
 def test_sixteen_clients_times_a_hundred_requests(digits_server):
     concurrent_clients(digits_server, clients=16, requests=100)
+
+
+def wait_until(condition) -> None:
+    """Asks the server until ``condition`` holds: a state it reaches within milliseconds of the request
+    that leads to it, each try a real round trip (no sleep)."""
+    for _ in range(10_000):
+        if condition():
+            return
+    raise AssertionError("the server never reached the state")
+
+
+def test_a_request_that_comes_while_another_is_read_joins_its_batch(digits_files):
+    """Two requests, one of them still being read (its last bytes held back by this test) when the other
+    comes: the batch waits for it (max_wait_ms, long here), and one forward pass answers both."""
+    server = Server(digits_files["onnx"], "max_wait_ms=600000")
+    stats = lambda: server.client.get("/health").json()  # noqa: E731
+    request = server.client.build_request("POST", "/predict", files={"file": NOISE})
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    body = request.read()
+    with socket.create_connection((request.url.host, request.url.port)) as slow:
+        slow.sendall(f"POST /predict HTTP/1.1\r\n{head}\r\n".encode() + body[:-10])
+        wait_until(lambda: stats()["reading"] == 1)
+        with ThreadPoolExecutor(1) as pool:
+            quick = pool.submit(httpx.post, f"{server.url}/predict", files={"file": GOOD}, timeout=60)
+            wait_until(lambda: stats()["pending"] == 1)
+            slow.sendall(body[-10:])
+            answer = http.client.HTTPResponse(slow)
+            answer.begin()
+            batched = [json.loads(answer.read())["predictions"][0], quick.result().json()["predictions"][0]]
+    assert {k: stats()[k] for k in ("requests", "forward_passes", "largest_batch")} == {
+        "requests": 2,
+        "forward_passes": 1,
+        "largest_batch": 2,
+    }
+    for picture, got in zip((NOISE, GOOD), batched, strict=True):
+        alone = server.client.post("/predict", files={"file": picture}).json()["predictions"][0]
+        assert got["label"] == alone["label"] and got["probabilities"] == pytest.approx(alone["probabilities"])
+    assert server.stop() is not None
 
 
 def test_sigterm_stops_it_within_seconds(digits_files):

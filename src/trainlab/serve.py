@@ -1,16 +1,16 @@
 """A REST server for a trained model: FastAPI on uvicorn, a ``.ckpt`` in torch or an ``.onnx`` in ONNX
 Runtime (``trainlab.inference.Predictor``), the same API and answers.
 
-    GET  /health     {"status": "ok"}
+    GET  /health     {"status": "ok"}, and the batching so far (``Batcher.stats``)
     GET  /metadata   task, classes, input spec, the training run's test metrics, backend
     POST /predict    image files (multipart), or JSON {"images": [base64...]}, {"rows": [{column: value}]},
                      {"inputs": [raw input arrays]}; answers {"predictions": [{label, class_index,
                      probabilities} or {value}, ...]}, one per input, in order
 
 Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
-event loop keeps reading requests; each batch takes every input that has arrived, waiting up to
-``max_wait_ms`` for requests that are still being read, up to ``max_batch_size`` inputs (a lone request to a
-fast model runs in the event loop: see ``Batcher.inline``). Every bad request
+event loop keeps reading requests, which form the next batch (up to ``max_batch_size`` inputs, waiting up
+to ``max_wait_ms`` for requests that are still being read); a lone request to a fast model runs in the event
+loop (``Batcher.inline``). ``GET /health`` says how the inputs were batched. Every bad request
 is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefully on SIGTERM.
 """
 
@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
+import functools
 import io
+import itertools
 import json
 import logging
 import math
@@ -45,7 +48,7 @@ from trainlab.inference import Predictor
 
 log = logging.getLogger(__name__)
 
-INLINE_S = 0.001  # a lone request whose forward pass takes less runs in the event loop (Batcher.forward)
+INLINE_S = 0.001  # a lone request whose forward pass takes less runs in the event loop (Batcher.inline)
 
 
 class BadRequest(Exception):
@@ -69,15 +72,24 @@ class PredictRequest(BaseModel):
 
 
 class Batcher:
-    """Runs the predictor on batches gathered from concurrent requests, in one worker thread."""
+    """Answers inputs with the predictor, on batches gathered from concurrent requests, in one worker thread.
+
+    A request's inputs join the pending ones, and a batch starts as soon as the worker is free, with every
+    input pending (up to ``max_batch_size``); while requests are still being read it waits for them, up to
+    ``max_wait_ms``. While a batch runs, the event loop reads the next requests, which form the next batch:
+    the batches are as large as the load makes them, and the model runs beside the HTTP work, not in turn
+    with it. A lone request to a fast model runs in the event loop (``inline``)."""
 
     def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float):
         self.predictor, self.max_batch_size, self.max_wait = predictor, max_batch_size, max_wait_ms / 1000
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self.pending: collections.deque[tuple[torch.Tensor, asyncio.Future[list]]] = collections.deque()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.reading = 0  # requests being read whose inputs will come to the queue
+        self.reading = 0  # requests being read whose inputs will come to the pending ones
+        self.waiting: asyncio.TimerHandle | None = None  # a batch waiting for requests being read
+        self.busy = False  # the worker runs a batch
         self.last_forward_s = math.inf  # per input, of the last batch; the first one runs in the thread
-        self.busy = False  # a batch is being gathered or run
+        self.server_tasks: set[asyncio.Task] = set()  # the server's own tasks (``serving``), no request's
+        self.requests = self.inputs = self.forward_passes = self.largest_batch = 0  # what /health reports
 
     @contextlib.contextmanager
     def reading_request(self) -> Iterator[None]:
@@ -88,60 +100,95 @@ class Batcher:
         finally:
             self.reading -= 1
 
-    async def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        if not self.busy and self.queue.empty() and self.inline(raw, alone=True):
-            return self.timed(raw)  # alone and fast: no queue, no hand-over to the batching task
+    def serving(self) -> None:
+        """Called once the server has started: its tasks so far are its own, any later one is a request's."""
+        self.server_tasks = asyncio.all_tasks()
+
+    async def __call__(self, raw: torch.Tensor) -> list[dict[str, Any]]:
+        """The answers (``Predictor.answers``) to checked raw inputs."""
+        self.requests, self.inputs = self.requests + 1, self.inputs + len(raw)
+        if not self.busy and not self.pending and self.inline(raw):
+            return self.timed(raw)
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((raw, future))
+        self.pending.append((raw, future))
+        self.start()
         return await future
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self.busy = False
-            batch = [await self.queue.get()]
-            self.busy = True
-            size, deadline = len(batch[0][0]), loop.time() + self.max_wait
-            while size < self.max_batch_size:
-                if not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                elif self.reading and loop.time() < deadline:
-                    with contextlib.suppress(TimeoutError):
-                        batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
-                    continue
-                else:
-                    break
-                size += len(batch[-1][0])
-            raws, futures = zip(*batch, strict=True)
-            try:
-                outputs = await self.forward(torch.cat(raws), alone=len(batch) == 1)
-            except Exception as error:  # a bug: each waiting request answers 500 with it
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(error)
+    def inline(self, raw: torch.Tensor) -> bool:
+        """Whether to run the model in the event loop: for a request that is alone (no other is being read
+        or has arrived) when at the last forward pass's time per input its inputs take under ``INLINE_S``.
+        The event loop has nothing else to do meanwhile, and handing over to a thread and back costs more
+        than such a forward pass (on a busy machine each wake-up of a thread waits for a core). "Arrived"
+        counts the requests whose handlers have not begun: a handler runs from its start to here without
+        giving way when the body came in one piece, so those that came with it have a task and no more."""
+        return (
+            not self.reading
+            and self.last_forward_s * len(raw) < INLINE_S
+            and len(asyncio.all_tasks() - self.server_tasks) == 1  # this request's task alone
+        )
+
+    def start(self) -> None:
+        """Start a batch of the pending inputs when the worker is free; while requests are being read and
+        the batch is not full, first wait for them up to ``max_wait_ms``."""
+        if self.busy or not self.pending:
+            return
+        if self.reading and sum(len(raw) for raw, _ in self.pending) < self.max_batch_size:
+            if self.waiting is None:
+                self.waiting = asyncio.get_running_loop().call_later(self.max_wait, self.run)
+            return
+        self.run()
+
+    def run(self) -> None:
+        if self.waiting:
+            self.waiting.cancel()
+            self.waiting = None
+        batch, size = [], 0
+        while self.pending and size < self.max_batch_size:
+            batch.append(self.pending.popleft())
+            size += len(batch[-1][0])
+        raws, futures = zip(*batch, strict=True)
+        self.busy = True
+        done = asyncio.get_running_loop().run_in_executor(self.executor, self.timed, torch.cat(raws))
+        done.add_done_callback(functools.partial(self.answer, raws, futures))
+
+    def answer(
+        self, raws: tuple[torch.Tensor, ...], futures: tuple[asyncio.Future, ...], done: asyncio.Future
+    ) -> None:
+        """Each request's part of a batch's answers (a bug: its exception, answered 500); then the next batch."""
+        self.busy = False
+        try:
+            answers = iter(done.result())
+            parts = [list(itertools.islice(answers, len(raw))) for raw in raws]
+        except (Exception, asyncio.CancelledError) as error:
+            parts = [error] * len(futures)
+        for future, part in zip(futures, parts, strict=True):
+            if future.done():  # a client that went away cancelled its future
                 continue
-            for future, part in zip(futures, outputs.split([len(r) for r in raws]), strict=True):
-                if not future.done():  # a client that went away cancelled its future
-                    future.set_result(part)
+            if isinstance(part, list):
+                future.set_result(part)
+            else:
+                future.set_exception(part)
+        self.start()
 
-    async def forward(self, raw: torch.Tensor, alone: bool) -> torch.Tensor:
-        """The predictor's outputs, computed in the worker thread, or inline (``inline``)."""
-        if self.inline(raw, alone):
-            return self.timed(raw)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.timed, raw)
-
-    def inline(self, raw: torch.Tensor, alone: bool) -> bool:
-        """Whether to run the model in the event loop: for inputs that are ``alone`` (no other request
-        queued) while none is being read, when at the last forward pass's time per input they take under
-        ``INLINE_S``. The event loop has nothing else to do meanwhile, and handing over to a thread and back
-        costs more than such a forward pass (on a busy machine each wake-up of a thread waits for a core)."""
-        return alone and not self.reading and self.last_forward_s * len(raw) < INLINE_S
-
-    def timed(self, raw: torch.Tensor) -> torch.Tensor:
+    def timed(self, raw: torch.Tensor) -> list[dict[str, Any]]:
+        """The answers to a batch (one forward pass, one softmax), and the forward pass's time per input."""
         begin = time.perf_counter()
-        outputs = self.predictor(raw)
+        outputs = self.predictor.forward(raw)
         self.last_forward_s = (time.perf_counter() - begin) / len(raw)
-        return outputs
+        self.forward_passes, self.largest_batch = self.forward_passes + 1, max(self.largest_batch, len(raw))
+        return self.predictor.answers(outputs)
+
+    def stats(self) -> dict[str, int]:
+        """The requests and inputs answered or waiting, the forward passes that answered them, the largest
+        batch so far, and the requests waiting for a batch now and being read now."""
+        return {
+            "requests": self.requests,
+            "inputs": self.inputs,
+            "forward_passes": self.forward_passes,
+            "largest_batch": self.largest_batch,
+            "pending": len(self.pending),
+            "reading": self.reading,
+        }
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -187,9 +234,8 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = asyncio.create_task(app.state.batcher.run())
+        app.state.batcher.serving()
         yield
-        worker.cancel()
         app.state.batcher.close()
 
     app = FastAPI(
@@ -222,8 +268,9 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
         return error_response(500, f"internal error ({type(error).__name__}: {error})")
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """``{"status": "ok"}``, and how the inputs served so far were batched."""
+        return {"status": "ok"} | app.state.batcher.stats()
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
@@ -251,7 +298,7 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
         with batcher.reading_request():
             raw = predictor.check(await read_request(request, spec, max_inputs))
         # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
-        return JSONResponse({"predictions": predictor.answers(await batcher(raw))})
+        return JSONResponse({"predictions": await batcher(raw)})
 
     return app
 
