@@ -101,24 +101,41 @@ def multipart(png: bytes) -> bytes:
 
 async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str = "/predict") -> list[float]:
     """Latencies (s) of ``requests`` requests sent by ``concurrency`` clients, one connection each
-    (aiohttp's client: a few times less CPU per request than httpx's, which shares the machine)."""
+    (aiohttp's client: a few times less CPU per request than httpx's, which shares the machine), and last
+    the burst's wall time. Each client connects and sends one request first, and the clock starts when all
+    have: the figures are the steady state, not the connections' set-up."""
     import aiohttp
 
     latencies: list[float] = []
     body, headers = multipart(png), {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    connected, go = asyncio.Semaphore(0), asyncio.Event()
 
     async def client() -> None:
         async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=1)) as http:
-            for _ in range(requests // concurrency):
+
+            async def send() -> float:
                 begin = time.perf_counter()
                 request = http.get(path) if path == "/health" else http.post(path, data=body, headers=headers)
                 async with request as answer:
                     answer.raise_for_status()
                     await answer.read()
-                latencies.append(time.perf_counter() - begin)
+                return time.perf_counter() - begin
 
-    began = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+            await send()
+            connected.release()
+            await go.wait()
+            for _ in range(requests // concurrency):
+                latencies.append(await send())
+
+    async def start() -> float:
+        for _ in range(concurrency):
+            await connected.acquire()
+        go.set()
+        return time.perf_counter()
+
+    clients = [asyncio.create_task(client()) for _ in range(concurrency)]
+    began = await start()
+    await asyncio.gather(*clients)
     latencies.append(time.perf_counter() - began)  # the last entry: the burst's wall time
     return latencies
 
@@ -176,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"), help="holds MNIST/raw")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=320, help="per burst (concurrency 1: a quarter)")
+    parser.add_argument("--requests", type=int, default=960, help="per burst (concurrency 1: a quarter)")
     parser.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the baseline server for a checkpoint
     args = parser.parse_args()
     if args.plain:
@@ -211,7 +228,6 @@ def main() -> None:
                 for concurrency in CONCURRENCY:
                     for name, (_, url) in started.items():
                         n = args.requests // 4 if concurrency == 1 else args.requests
-                        asyncio.run(burst(url, body, concurrency, 32))  # warm-up
                         before = batching(url)
                         results[(name, concurrency)].append(summary(asyncio.run(burst(url, body, concurrency, n))))
                         if before:

@@ -308,17 +308,17 @@ async def read_request(request, spec, max_inputs: int) -> torch.Tensor:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=max_inputs, max_fields=max_inputs)
+            async with request.form(max_files=max_inputs, max_fields=max_inputs) as form:  # closes the files
+                files = [
+                    (value.filename or key, await value.read())
+                    for key, value in form.multi_items()
+                    if not isinstance(value, str)
+                ]
         except HTTPException as error:  # starlette's: too many files or fields, a malformed form
             status = 413 if "Too many" in str(error.detail) else error.status_code
             raise BadRequest(
                 status, f"the form could not be read: {error.detail} (max_inputs={max_inputs})"
             ) from None
-        files = [
-            (value.filename or key, await value.read())
-            for key, value in form.multi_items()
-            if not isinstance(value, str)
-        ]
         if not files:
             raise BadRequest(400, "the form holds no file; send images as -F file=@photo.png")
         return images(spec, files)

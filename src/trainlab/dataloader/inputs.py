@@ -94,7 +94,8 @@ def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | N
 
     try:
         with Image.open(path) as image:
-            return image_transform(input_shape)(image.convert("RGB"))
+            grey = image.mode == "L" and input_shape[0] == 1  # as RGB and back to grey: the same pixels
+            return image_transform(input_shape)(image if grey else image.convert("RGB"))
     except UnidentifiedImageError:
         raise DataError(f"{name or path} is not an image; this model predicts on image files") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's decoding errors
