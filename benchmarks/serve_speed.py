@@ -12,8 +12,9 @@ process (aiohttp, asyncio) sends each server bursts of single-PNG multipart requ
 shared machine only ever add time), its ratios to the plain endpoint the median of the rounds' ratios
 (each round's servers ran side by side in time, under the same load). Also measured: the model's own
 forward time per input (torch eager and ONNX Runtime, batch 1 and 16), the PNG decode, and a
-``GET /health`` round trip (the HTTP floor of a request); and from trainlab's ``GET /health``, the requests
-per forward pass at each concurrency (how the server batched them).
+``GET /health`` round trip (the HTTP floor of a request); from trainlab's ``GET /health``, the requests per
+forward pass at each concurrency (how the server batched them); and each server's CPU time per request and
+the share of the burst its event-loop thread was running (Linux's /proc): where the time goes.
 """
 
 import argparse
@@ -99,11 +100,14 @@ def multipart(png: bytes) -> bytes:
     return f"{head}Content-Type: image/png\r\n\r\n".encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str = "/predict") -> list[float]:
+async def burst(
+    url: str, png: bytes, concurrency: int, requests: int, path: str = "/predict", pid: int | None = None
+) -> tuple[list[float], list[float]]:
     """Latencies (s) of ``requests`` requests sent by ``concurrency`` clients, one connection each
     (aiohttp's client: a few times less CPU per request than httpx's, which shares the machine), and last
-    the burst's wall time. Each client connects and sends one request first, and the clock starts when all
-    have: the figures are the steady state, not the connections' set-up."""
+    the burst's wall time; and the CPU time that the server ``pid`` used meanwhile (``cpu_seconds``). Each
+    client connects and sends one request first, and the clock starts when all have: the figures are the
+    steady state, not the connections' set-up."""
     import aiohttp
 
     latencies: list[float] = []
@@ -127,17 +131,16 @@ async def burst(url: str, png: bytes, concurrency: int, requests: int, path: str
             for _ in range(requests // concurrency):
                 latencies.append(await send())
 
-    async def start() -> float:
-        for _ in range(concurrency):
-            await connected.acquire()
-        go.set()
-        return time.perf_counter()
-
     clients = [asyncio.create_task(client()) for _ in range(concurrency)]
-    began = await start()
+    for _ in range(concurrency):
+        await connected.acquire()
+    cpu_before = cpu_seconds(pid) if pid else ()
+    began = time.perf_counter()
+    go.set()
     await asyncio.gather(*clients)
     latencies.append(time.perf_counter() - began)  # the last entry: the burst's wall time
-    return latencies
+    cpu_used = [b - a for a, b in zip(cpu_before, cpu_seconds(pid), strict=True)] if pid else []
+    return latencies, cpu_used
 
 
 def batching(url: str) -> dict | None:
@@ -145,6 +148,16 @@ def batching(url: str) -> dict | None:
     with urllib.request.urlopen(f"{url}/health") as answer:
         health = json.load(answer)
     return health if "forward_passes" in health else None
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system, s) of a server process and of its main thread, the event loop's (Linux)."""
+
+    def used(stat: str) -> float:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return used(f"/proc/{pid}/stat"), used(f"/proc/{pid}/task/{pid}/stat")
 
 
 def per_call_ms(call, *args, n: int) -> float:
@@ -220,16 +233,19 @@ def main() -> None:
         try:
             results: dict[tuple[str, int], list[tuple[float, float, float]]] = defaultdict(list)
             floor = min(
-                summary(asyncio.run(burst(started["plain FastAPI"][1], body, 1, 200, "/health")))[1]
+                summary(asyncio.run(burst(started["plain FastAPI"][1], body, 1, 200, "/health"))[0])[1]
                 for _ in range(2)
             )
             batched: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])  # requests, forward passes
+            cpu: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
             for _ in range(args.rounds):
                 for concurrency in CONCURRENCY:
-                    for name, (_, url) in started.items():
+                    for name, (process, url) in started.items():
                         n = args.requests // 4 if concurrency == 1 else args.requests
                         before = batching(url)
-                        results[(name, concurrency)].append(summary(asyncio.run(burst(url, body, concurrency, n))))
+                        latencies, used = asyncio.run(burst(url, body, concurrency, n, pid=process.pid))
+                        cpu[(name, concurrency)].append((used[0] / n * 1000, used[1] / latencies[-1]))
+                        results[(name, concurrency)].append(summary(latencies))
                         if before:
                             after = batching(url)
                             for i, key in enumerate(("requests", "forward_passes")):
@@ -246,25 +262,28 @@ def main() -> None:
             latency = np.median([r[1] / q[1] for r, q in zip(rounds, plain, strict=True)])
             requests, passes = batched.get((name, concurrency), (0, 0))
             per_pass = f"{requests / passes:.1f}" if passes else ""
-            rows.append((model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass))
+            cpu_ms, main_busy = np.median(cpu[(name, concurrency)], axis=0)
+            rows.append(
+                (model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass, cpu_ms, main_busy)
+            )
         rows.append((model_name, "forward", times, floor))
     print(f"load average before {load_before}, after {os.getloadavg()}; {os.cpu_count()} cores")
     print(
-        "| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain (median of rounds) | p50 vs plain | requests per forward pass |"
+        "| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain (median of rounds) | p50 vs plain | requests per forward pass | server CPU ms per request | event-loop thread busy |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row[1] == "forward":
             model_name, _, times, floor = row
             print(
                 f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['torch_b1']:.3f} / "
                 f"{times['torch_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode {times['decode']:.3f} ms; GET /health round trip "
-                f"{floor:.3f} ms | | | | | | | |"
+                f"{floor:.3f} ms | | | | | | | | | |"
             )
         else:
-            model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass = row
+            model_name, name, concurrency, rps, p50, p99, throughput, latency, per_pass, cpu_ms, main_busy = row
             print(
-                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x | {per_pass} |"
+                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x | {per_pass} | {cpu_ms:.2f} | {main_busy:.0%} |"
             )
 
 
