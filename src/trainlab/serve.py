@@ -139,6 +139,7 @@ class Batcher:
         self.run()
 
     def run(self) -> None:
+        """Hand the pending inputs (up to ``max_batch_size``) to the worker as one batch."""
         if self.waiting:
             self.waiting.cancel()
             self.waiting = None
