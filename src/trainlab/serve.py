@@ -155,20 +155,19 @@ class Batcher:
     def answer(
         self, raws: tuple[torch.Tensor, ...], futures: tuple[asyncio.Future, ...], done: asyncio.Future
     ) -> None:
-        """Each request's part of a batch's answers (a bug: its exception, answered 500); then the next batch."""
+        """Each waiting request's part of a batch's answers, or the batch's error; then the next batch."""
         self.busy = False
         try:
             answers = iter(done.result())
-            parts = [list(itertools.islice(answers, len(raw))) for raw in raws]
-        except (Exception, asyncio.CancelledError) as error:
-            parts = [error] * len(futures)
-        for future, part in zip(futures, parts, strict=True):
-            if future.done():  # a client that went away cancelled its future
-                continue
-            if isinstance(part, list):
-                future.set_result(part)
-            else:
-                future.set_exception(part)
+        except (Exception, asyncio.CancelledError) as error:  # a bug: each waiting request answers 500
+            for future in futures:
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_exception(error)
+        else:
+            for raw, future in zip(raws, futures, strict=True):
+                part = list(itertools.islice(answers, len(raw)))  # taken in order, whoever still waits
+                if not future.done():
+                    future.set_result(part)
         self.start()
 
     def timed(self, raw: torch.Tensor) -> list[dict[str, Any]]:

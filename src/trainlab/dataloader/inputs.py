@@ -57,7 +57,7 @@ def _to_tensor(input_shape: tuple[int, int, int], to_float: bool, image) -> torc
     channels, height, width = input_shape
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
-    if channels == 1:  # images are read as RGB
+    if channels == 1 and image.mode != "L":  # images are read as RGB (grey files as they are: read_image)
         image = image.convert("L")
     pixels = np.asarray(image).reshape(height, width, -1).transpose(2, 0, 1)  # a read-only view
     if to_float:  # uint8 to float32, then times 1 / 255 in float32: torch's arithmetic, in numpy
