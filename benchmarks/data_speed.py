@@ -236,7 +236,7 @@ def image_variants(root: Path, source: Path, threads: int | None):
 
     def model():
         torch.manual_seed(0)
-        return build_model(cfg, list(folder.input_shape), folder.num_outputs)
+        return build_model(cfg, folder.input_spec())
 
     variants = {"(a) folder, in memory (cache read)": folder, "(b) in-memory tensors": tensors}
     variants["(c) folder, streamed (2 workers)"] = streamed

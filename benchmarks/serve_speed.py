@@ -43,16 +43,17 @@ def plain_server(ckpt: str) -> None:
     import uvicorn
     from fastapi import FastAPI, UploadFile
 
-    from trainlab.dataloader.inputs import read_image
+    from trainlab.dataloader.kinds.image import read_image
     from trainlab.inference import load_model
 
     torch.set_num_threads(1)
     _, spec, model = load_model(ckpt, "cpu")
+    normalize, shape = spec.input_kind().preprocessing(), spec.inputs["input_shape"]
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(file: UploadFile) -> dict:
-        x = spec.normalize(read_image(io.BytesIO(await file.read()), spec.input_shape)[None])
+        x = normalize(read_image(io.BytesIO(await file.read()), shape)[None])
         with torch.inference_mode():
             probabilities = model(x).softmax(-1)[0]
         index = int(probabilities.argmax())
@@ -170,7 +171,7 @@ def per_call_ms(call, *args, n: int) -> float:
 
 def forward_times(ckpt: Path, body: bytes) -> dict[str, float]:
     """The model's own time per input (torch eager and ONNX Runtime, one thread) and the PNG decode, in ms."""
-    from trainlab.dataloader.inputs import read_image
+    from trainlab.dataloader.kinds.image import read_image
     from trainlab.inference import OnnxPredictor, TorchPredictor
 
     torch.set_num_threads(1)
@@ -181,9 +182,9 @@ def forward_times(ckpt: Path, body: bytes) -> dict[str, float]:
     times = {}
     for name, predictor in backends.items():
         for batch in (1, 16):
-            x = torch.rand(batch, *predictor.spec.input_shape)
+            x = torch.rand(batch, *predictor.spec.inputs["input_shape"])
             times[f"{name}_b{batch}"] = per_call_ms(predictor, x, n=200 // batch) / batch
-    shape = backends["torch"].spec.input_shape
+    shape = backends["torch"].spec.inputs["input_shape"]
     times["decode"] = per_call_ms(lambda: read_image(io.BytesIO(body), shape), n=200)
     return times
 

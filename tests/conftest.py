@@ -92,6 +92,12 @@ def cli_main(script: str, *args: str) -> tuple[int, str]:
 
 
 # -- what a run wrote ---------------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """A CSV file a run or predict.py wrote, as one dict per row (header: keys)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def read_metrics(run_dir: Path) -> dict:
     """The run's final metrics, as train.py wrote them to ``metrics.json``."""
     return json.loads((run_dir / "metrics.json").read_text())
@@ -208,6 +214,18 @@ def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
                 ]
             )
     return path
+
+
+def own_data(option: str, folder: Path) -> list[str]:
+    """The settings that ``dataset=<option>`` for a user's own files requires (``csv``, ``image_folder``),
+    pointing at small files written into ``folder`` (``write_csv``, ``write_images``); none for the others."""
+    if option == "csv":
+        path = write_csv(folder / "people.csv")
+        return [f"dataset.path={path}", "dataset.target=label", "dataset.missing=impute"]
+    if option == "image_folder":
+        root = write_images(folder / "photos", per_class=6, size=8)
+        return [f"dataset.root={root}", "dataset.image_size=8", "dataset.num_workers=0"]
+    return []
 
 
 CLASSES = ("diagonal", "horizontal", "vertical")

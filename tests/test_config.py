@@ -1,16 +1,11 @@
 """Every option of every config group composes with hydra.compose and instantiates into the objects it names;
 sizes and schedule lengths are inferred, never typed twice."""
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-import sklearn.datasets
 import torch
-from conftest import CONF, make_config
+from conftest import CONF, make_config, own_data
 from hydra.utils import get_class
 from omegaconf import DictConfig
-from PIL import Image
 
 from trainlab.run import Run, build
 
@@ -67,27 +62,6 @@ def assert_run_matches_config(run: Run, cfg: DictConfig) -> None:
     run.model.eval()
     with torch.no_grad():
         assert run.model(x[:4]).shape == (4, run.data.num_outputs)
-
-
-def own_data(option: str, folder: Path) -> list[str]:
-    """The settings that the options for a user's own data require, pointing at small files written here."""
-    if option == "csv":
-        table = folder / "flowers.csv"
-        bunch = sklearn.datasets.load_iris()
-        rows = [
-            ",".join(map(str, [*x, bunch.target_names[y]])) for x, y in zip(bunch.data, bunch.target, strict=True)
-        ]
-        table.write_text("\n".join([",".join([*bunch.feature_names, "species"]), *rows]) + "\n")
-        return [f"dataset.path={table}", "dataset.target=species"]
-    if option == "image_folder":
-        rng = np.random.default_rng(0)
-        for name in ("cats", "dogs"):
-            (folder / "photos" / name).mkdir(parents=True)
-            for i in range(10):
-                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / "photos" / name / f"{i}.png")
-        return [f"dataset.root={folder / 'photos'}", "dataset.image_size=8", "dataset.num_workers=0"]
-    return []
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

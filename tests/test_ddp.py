@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli, read_metrics
+from conftest import ROOT, cli, read_csv, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,9 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """A 2-process run in a fresh folder, with the run dir Hydra names itself."""
+    """A 2-process run in a fresh folder, with the run dir Hydra names itself, logging to TensorBoard and CSV."""
     cwd = tmp_path_factory.mktemp("ddp")
-    torchrun(*RUN, cwd=cwd)
+    torchrun(*RUN, "logger=[tensorboard,csv]", cwd=cwd)
     run_dirs = [p.parent for p in (cwd / "outputs").rglob("metrics.json")]
     assert len(run_dirs) == 1, run_dirs
     assert len(list((cwd / "outputs").glob("*/*"))) == 1  # no second, timestamp-split dir of rank 1
@@ -47,6 +47,11 @@ def ddp_run(tmp_path_factory):
 def test_ddp_matches_one_process_and_predict(ddp_run, tmp_path):
     assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert len(list((ddp_run / "tensorboard").iterdir())) == 1  # only rank 0 writes events
+    assert [row["epoch"] for row in read_csv(ddp_run / "metrics.csv")] == [
+        "1",
+        "2",
+        "2",
+    ]  # and rows: 2 epochs, test
 
     single = tmp_path / "single"
     done = cli("train.py", *RUN, f"hydra.run.dir={single}")

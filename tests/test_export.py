@@ -9,14 +9,13 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import accept_cifar10_checksums, make_config, write_cifar10, write_mnist
-from test_predict import train_csv_model
+from conftest import accept_cifar10_checksums, make_config, write_cifar10, write_csv, write_mnist
 from torch import nn
 
 from trainlab.dataloader import InputSpec
 from trainlab.errors import CheckpointError
 from trainlab.export import export, to_onnx
-from trainlab.inference import CLASSES_KEY, INPUT_SPEC_KEY, METRICS_KEY, Predictor
+from trainlab.inference import CLASSES_KEY, INPUT_SPEC_KEY, METRICS_KEY, InferenceModel, Predictor
 from trainlab.run import train
 
 
@@ -52,7 +51,7 @@ def test_mlp_export_equals_the_runs_test_accuracy(digits_run, tmp_path, caplog):
         Predictor.load(run_dir / "checkpoints" / "best.ckpt"),
     )
     for n in (1, 7):
-        raw = torch.rand(n, *onnx_model.spec.input_shape)
+        raw = torch.rand(n, *onnx_model.spec.inputs["input_shape"])
         assert (onnx_model(raw) - torch_model(raw)).abs().max() <= 1e-4
 
 
@@ -78,15 +77,23 @@ def test_cnn_export_on_the_test_split_then_on_generated_inputs(tmp_path, caplog)
     assert result["inputs"] == "64 generated inputs" and "onnx/acc" not in result
 
 
+def train_csv_model(tmp_path) -> tuple:
+    """A model trained on ``write_csv``'s table (missing values imputed): (its CSV, its best checkpoint)."""
+    source = write_csv(tmp_path / "people.csv")
+    overrides = ("dataset=csv", f"dataset.path={source}", "dataset.target=label", "dataset.missing=impute")
+    train(make_config(*overrides, "trainer.max_epochs=2"), tmp_path / "run")
+    return source, tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+
 def test_csv_model_export_fills_missing_values_in_the_graph(tmp_path, caplog):
     _, ckpt = train_csv_model(tmp_path)
     check_export(ckpt, tmp_path, caplog)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     spec = Predictor.load(ckpt).spec
-    raw = torch.randn(4, *spec.input_shape)
+    raw = torch.randn(4, *spec.inputs["input_shape"])
     raw[:, 0] = float("nan")  # age missing: the training mean is filled in
     filled = raw.clone()
-    filled[:, 0] = spec.fill()[0]
+    filled[:, 0] = spec.input_kind().fill()[0]
     outputs = session.run(None, {"input": raw.numpy()})[0]
     assert outputs == pytest.approx(session.run(None, {"input": filled.numpy()})[0], abs=1e-6)
     assert torch.isfinite(torch.from_numpy(outputs)).all()
@@ -115,18 +122,11 @@ class Eigenvalues(nn.Module):
         return torch.linalg.eigvals(x.view(-1, 4, 4)).real.flatten(1)
 
 
-class Wrapper(nn.Module):  # as InferenceModel wraps a trained model
-    def __init__(self):
-        super().__init__()
-        self.model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), Eigenvalues())
-
-    def forward(self, x):
-        return self.model(x)
-
-
 def test_a_layer_that_cannot_be_exported_is_named():
+    spec = InputSpec("multiclass", 16, None, "image", {"input_shape": [1, 4, 4], "mean": [0.0], "std": [1.0]})
+    model = InferenceModel(spec, nn.Sequential(nn.Flatten(), nn.Linear(16, 16), Eigenvalues())).eval()
     with pytest.raises(CheckpointError) as error:
-        to_onnx(Wrapper().eval(), torch.rand(2, 16))
+        to_onnx(model, spec.input_kind())
     message = str(error.value)
     assert "\n" not in message
     assert "layer 2 (Eigenvalues) uses aten.linalg_eig" in message and "serve.py" in message

@@ -109,25 +109,25 @@ def test_statistics_of_a_streamed_folder_are_computed_once(photos, caplog):
 def test_one_channel_images_are_normalised_with_their_own_statistics(photos, memory_budget):
     data = folder_data(photos, "dataset.channels=1", f"dataset.memory_budget={memory_budget}")
     spec = data.input_spec()
-    assert spec.input_shape == [1, 16, 16] and len(spec.mean) == len(spec.std) == 1
+    assert spec.inputs["input_shape"] == [1, 16, 16] and len(spec.inputs["mean"]) == len(spec.inputs["std"]) == 1
     pixels = torch.cat([data.untransform(x) for x, _ in data.train_batches(epoch=0)])
-    assert spec.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-4)
-    assert spec.std[0] == pytest.approx(pixels.std().item(), rel=1e-3)
+    assert spec.inputs["mean"][0] == pytest.approx(pixels.mean().item(), rel=1e-4)
+    assert spec.inputs["std"][0] == pytest.approx(pixels.std().item(), rel=1e-3)
 
 
 def test_a_pretrained_torchvision_model_gets_imagenet_statistics(photos):
     pretrained = ("model=torchvision", "model.weights=resnet18.pth")  # the data set is built without the file
     data = folder_data(photos, *pretrained)
-    assert data.input_spec().mean == pytest.approx(IMAGENET_MEAN) and data.input_spec().std == pytest.approx(
-        IMAGENET_STD
-    )
-    assert folder_data(photos, "model=torchvision").input_spec().mean != pytest.approx(IMAGENET_MEAN)
+    assert data.input_spec().inputs["mean"] == pytest.approx(IMAGENET_MEAN) and data.input_spec().inputs[
+        "std"
+    ] == pytest.approx(IMAGENET_STD)
+    assert folder_data(photos, "model=torchvision").input_spec().inputs["mean"] != pytest.approx(IMAGENET_MEAN)
     gray = folder_data(photos, *pretrained, "dataset.channels=1")  # ImageNet's are for 3 channels: fitted
-    assert len(gray.input_spec().mean) == 1
+    assert len(gray.input_spec().inputs["mean"]) == 1
     explicit = folder_data(photos, *pretrained, "dataset.mean=[0.5,0.5,0.5]")  # explicit values win
-    assert explicit.input_spec().mean == [0.5, 0.5, 0.5] and explicit.input_spec().std == pytest.approx(
-        IMAGENET_STD
-    )
+    assert explicit.input_spec().inputs["mean"] == [0.5, 0.5, 0.5] and explicit.input_spec().inputs[
+        "std"
+    ] == pytest.approx(IMAGENET_STD)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_images_are_read_as_torchvisions_transforms_read_them(to_float):
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    from trainlab.dataloader.inputs import image_transform
+    from trainlab.dataloader.kinds.image import image_transform
 
     rng = np.random.default_rng(0)
     for shape, size in [
@@ -192,7 +192,7 @@ def test_grey_files_read_straight_give_the_pixels_of_the_rgb_round_trip(tmp_path
     pixels, resized or not."""
     from PIL import Image
 
-    from trainlab.dataloader.inputs import image_transform, read_image
+    from trainlab.dataloader.kinds.image import image_transform, read_image
 
     rng = np.random.default_rng(0)
     for size, shape in [((28, 28), (1, 28, 28)), ((40, 33), (1, 16, 16)), ((5, 90), (1, 32, 20))]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import torch
-from conftest import cli_main, make_config, write_csv, write_mnist
+from conftest import cli_main, make_config, read_csv, write_mnist
 from PIL import Image
 
 from trainlab.dataloader import DataError
@@ -40,11 +40,6 @@ def write_table_csv(path, dataset: str, rows: slice, columns=None) -> None:
         writer.writerow([*names, "target"])
         for x, y in zip(bunch.data[rows], bunch.target[rows], strict=True):
             writer.writerow([*x[: len(names)], y])
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_round_trip_gives_the_training_runs_test_metrics(digits_run, tmp_path):
@@ -188,30 +183,6 @@ def test_predict_on_images_needs_only_the_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="evaluating the test split rebuilds the training data set") as error:
         run_predict(f"ckpt={ckpt}")
     assert "MNIST files not found" in str(error.value) and "input=" in str(error.value)
-
-
-def train_csv_model(tmp_path) -> tuple:
-    """A model trained on ``write_csv``'s table (missing values imputed): (its CSV, its best checkpoint)."""
-    source = write_csv(tmp_path / "people.csv")
-    overrides = ("dataset=csv", f"dataset.path={source}", "dataset.target=label", "dataset.missing=impute")
-    train(make_config(*overrides, "trainer.max_epochs=2"), tmp_path / "run")
-    return source, tmp_path / "run" / "checkpoints" / "best.ckpt"
-
-
-def test_predict_on_rows_needs_only_the_checkpoint(tmp_path):
-    """A CSV model: predictions on new rows (some with missing values) stay the same once its training CSV
-    is moved away."""
-    source, ckpt = train_csv_model(tmp_path)
-    rows = write_csv(tmp_path / "new.csv", n=40, seed=1)
-
-    run_predict(f"ckpt={ckpt}", f"input={rows}", f"output={tmp_path / 'with_data.csv'}")
-    source.rename(tmp_path / "moved.csv")
-    run_predict(f"ckpt={ckpt}", f"input={rows}", f"output={tmp_path / 'without_data.csv'}")
-    with_data, without_data = read_csv(tmp_path / "with_data.csv"), read_csv(tmp_path / "without_data.csv")
-    assert len(with_data) == 40
-    assert [r["label"] for r in without_data] == [r["label"] for r in with_data]
-    for a, b in zip(with_data, without_data, strict=True):
-        assert float(a["prob_yes"]) == pytest.approx(float(b["prob_yes"]), abs=1e-5)
 
 
 def test_outputs_go_where_the_user_says(digits_run, tmp_path, monkeypatch):

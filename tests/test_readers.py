@@ -71,14 +71,18 @@ def test_missing_files_offline_say_where_they_belong(tmp_path, monkeypatch, data
     assert str(empty) in message and "paths.data_dir" in message
 
 
-@pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason=f"no real data sets at {SHARED_DATASETS}")
 @pytest.mark.parametrize(
-    "dataset, mean, std, first_labels",
-    [("mnist", 0.1307, 0.3081, [5, 0, 4, 1, 9]), ("fashion_mnist", 0.2860, 0.3530, [9, 0, 0, 3])],
+    "dataset, folder, mean, std, first_labels",
+    [
+        ("mnist", "MNIST", 0.1307, 0.3081, [5, 0, 4, 1, 9]),
+        ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, [9, 0, 0, 3]),
+    ],
 )
-def test_real_files_give_the_published_facts(dataset, mean, std, first_labels):
+def test_real_files_give_the_published_facts(dataset, folder, mean, std, first_labels):
     """The statistics fitted on the whole training split (mean/std null, no validation share) are the
     published ones, and the reader keeps the files' order."""
+    if not (SHARED_DATASETS / folder / "raw").is_dir():
+        pytest.skip(f"no real {folder} files at {SHARED_DATASETS / folder / 'raw'}")
     data = make_data(
         f"dataset={dataset}",
         f"paths.data_dir={SHARED_DATASETS}",

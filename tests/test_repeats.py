@@ -5,7 +5,6 @@ grouped table, its picture and its TensorBoard text."""
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -14,21 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, cli, cli_main, make_config, make_data, read_metrics, write_images
+from conftest import QUIET, cli, cli_main, make_config, make_data, read_csv, read_metrics, write_images
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainlab.dataloader.inputs import read_class_folders
+from trainlab.dataloader.kinds.image import read_class_folders
 from trainlab.errors import ConfigError, DataError
 from trainlab.predict import predict
 from trainlab.run import build_data, train
 from trainlab.sweeps.summary import write_summary
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as file:
-        return list(csv.DictReader(file))
 
 
 # -- the folds --------------------------------------------------------------------------------------------

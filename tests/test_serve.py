@@ -126,7 +126,7 @@ def test_images_answer_as_predict_py(digits_server, digits_files):
 def test_metadata_and_openapi(digits_server, digits_run):
     metadata = digits_server.client.get("/metadata").json()
     assert metadata["task"] == "multiclass" and metadata["classes"] == [str(i) for i in range(10)]
-    assert metadata["input_spec"]["input_shape"] == [1, 8, 8]
+    assert metadata["input_spec"]["inputs"]["input_shape"] == [1, 8, 8]
     assert metadata["test_metrics"] == {k: v for k, v in digits_run[1].items() if k.startswith("test/")}
     assert digits_server.client.get("/health").json()["status"] == "ok"
     body = digits_server.client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
@@ -157,9 +157,9 @@ IMAGE_REQUESTS = {
     "wrong channel count": ({"json": {"inputs": np.zeros((1, 3, 8, 8)).tolist()}}, 400, "expects (1, 8, 8)"),
     "wrong size": ({"json": {"inputs": np.zeros((2, 1, 9, 9)).tolist()}}, 400, "inputs of shape (1, 9, 9)"),
     "not base64": ({"json": {"images": ["%%%"]}}, 400, "images[0] is not base64"),
-    "rows for an image model": ({"json": {"rows": [{"a": 1}]}}, 400, "takes images, not table rows"),
+    "rows for an image model": ({"json": {"rows": [{"a": 1}]}}, 422, "rows: Extra inputs are not permitted"),
     "unknown field": ({"json": {"image": "x"}}, 422, "image: Extra inputs are not permitted"),
-    "two fields": ({"json": {"images": [], "inputs": []}}, 422, "give one of images, rows or inputs"),
+    "two fields": ({"json": {"images": [], "inputs": []}}, 422, "give one of images or inputs"),
     "no input": ({"json": {"images": []}}, 422, "images is empty"),
     "broken JSON": ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 422, "Invalid JSON"),
     "ragged arrays": ({"json": {"inputs": [[1, [2]]]}}, 422, "not arrays of numbers"),
@@ -203,7 +203,7 @@ def test_bad_rows_get_a_4xx_json_error(iris_server):
         answer = iris_server.client.post("/predict", json={"rows": rows})
         assert 400 <= answer.status_code < 500 and complaint in answer.json()["error"], answer.text
     images = iris_server.client.post("/predict", files={"file": GOOD})
-    assert images.status_code == 400 and "takes table rows, not images" in images.json()["error"]
+    assert images.status_code == 400 and "takes table rows, not files" in images.json()["error"]
     assert iris_server.client.post("/predict", json={"rows": [row]}).json()["predictions"][0]["label"] == "setosa"
 
 

@@ -1,9 +1,13 @@
 """Callbacks: small objects the trainer calls at fixed points of a fit, with an explicit context.
 
-A callback sees the run through ``FitContext`` (the model, the data, the monitor, TensorBoard's writer and
-the loop's counters) and the test split through its batches and ``TestOutputs``, computed once by the
-trainer's test pass and gathered from every rank; it never reads the trainer's attributes. Its ``state_dict`` travels in checkpoints, so a
-resumed run continues it.
+A callback sees the run through ``FitContext`` (the model, the data, the monitor, the loggers and the
+loop's counters) and the test split through its batches and ``TestOutputs`` (outputs and targets gathered
+from every rank, and the test metrics); it never reads the trainer's attributes. Its ``state_dict`` travels
+in checkpoints, so a resumed run continues it.
+
+Callbacks run on every rank of a DDP run, as Lightning's do, since some take part in collectives (the
+pictures gather every rank's worst test images); what they log goes through ``FitContext.logger``, which
+records on rank 0 only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from trainlab.monitor import Monitor
 
 if TYPE_CHECKING:
     from trainlab.dataloader import BatchedData
+    from trainlab.loggers import Loggers
     from trainlab.state import LoopState
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,8 @@ class FitContext:
         model: the model being trained (on ``data``'s device; not DDP-wrapped).
         data: the data set (its ``task``, ``class_names``, ``train_batches``, ``untransform``...).
         monitor: the monitored metric and its mode.
-        writer: TensorBoard's ``SummaryWriter`` of the run (does nothing on ranks other than 0).
+        logger: the run's loggers as one (``trainlab.loggers.Loggers``: ``log_image``, ``log_text``...); on
+            ranks other than 0 it records nothing.
         run_dir: the run's folder.
         autocast: a factory of the context forward passes run in (mixed precision).
         loop: the loop's counters (``epoch``, ``global_step``, ``best_score``...); read them, don't set them.
@@ -44,7 +50,7 @@ class FitContext:
     model: nn.Module
     data: BatchedData
     monitor: Monitor
-    writer: Any
+    logger: Loggers
     run_dir: Path
     autocast: Autocast
     loop: LoopState
@@ -58,15 +64,23 @@ class FitContext:
 @dataclass
 class TestOutputs:
     """The model's outputs (float) and the targets on the whole test split with the best weights, gathered
-    from every rank, on the CPU."""
+    from every rank, on the CPU, and the test metrics (``test/acc``...)."""
 
     outputs: torch.Tensor
     targets: torch.Tensor
+    metrics: dict[str, float]
 
 
 class Callback:
+    """Override the hooks a callback needs; the others do nothing."""
+
     def on_fit_start(self, context: FitContext) -> None:
-        """Called once the model, data and TensorBoard writer are ready, before the first epoch."""
+        """Called once the model, data and loggers are ready, before the first epoch."""
+
+    def on_train_batch_end(self, context: FitContext, loss: torch.Tensor) -> None:
+        """Called after every training batch (its forward and backward, and the optimizer step where one was
+        due) with the batch's loss, still on the device: reading its value waits for the device. The trainer
+        calls it only for callbacks that override it, so the others cost a step nothing."""
 
     def on_epoch_end(self, context: FitContext, metrics: dict[str, float]) -> None:
         """Called after validation, before the epoch's checkpoint (which saves ``state_dict``), so that a
@@ -79,6 +93,9 @@ class Callback:
 
     def on_test_end(self, context: FitContext, test: TestOutputs) -> None:
         """Called on every rank after the test split was evaluated with the best weights."""
+
+    def on_fit_end(self, context: FitContext, results: dict[str, Any]) -> None:
+        """Called once the run has finished and written ``metrics.json`` (``results``)."""
 
     def state_dict(self) -> dict:
         return {}

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab import distributed
 from trainlab.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from trainlab.monitor import Monitor
+    from trainlab.state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +245,33 @@ def link(source: Path, target: Path) -> bool:
 
 
 class RunCheckpoints:
-    """A run's ``checkpoints/`` folder: ``last.ckpt`` after every epoch (and on preemption), ``best.ckpt``
-    whenever the monitored metric improved: then the same state, so ``best.ckpt`` becomes a hard link to that
-    ``last.ckpt`` (``link``). Only rank 0 writes and reads; the others get its answers."""
+    """A run's ``checkpoints/`` folder and the checkpoint policy: ``last.ckpt`` after every epoch (and on
+    preemption), ``best.ckpt`` whenever the monitored metric improved: then the same state, so ``best.ckpt``
+    becomes a hard link to that ``last.ckpt`` (``link``). Only rank 0 writes and reads; the others get its
+    answers."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, monitor: Monitor | None = None):
         self.folder = Path(run_dir) / "checkpoints"
         self.last, self.best = self.folder / "last.ckpt", self.folder / "best.ckpt"
+        self.monitor = monitor
+
+    def save_epoch(self, state: TrainingState, metrics: dict[str, float]) -> None:
+        """After an epoch: ``last.ckpt``, and ``best.ckpt`` if the monitored metric beat the best so far (the
+        loop's best score, epoch and validation metrics are updated first, so that both files hold them)."""
+        loop = state.loop
+        score = self.monitor.value(metrics)
+        improved = self.monitor.is_improvement(score, loop.best_score)
+        if improved:
+            loop.best_score, loop.best_epoch = score, loop.epoch
+            loop.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        self.write(state.state_dict(), best=improved)
+
+    def restore(self, state: TrainingState, ckpt_path: Path, device: torch.device) -> None:
+        """Continue ``state`` from the checkpoint ``ckpt_path`` (of this run or another one), and carry that
+        run's ``best.ckpt`` over (``carry_best_over``)."""
+        state.load_state_dict(load(ckpt_path, map_location=device), str(ckpt_path))
+        self.carry_best_over(ckpt_path.with_name("best.ckpt"), state.loop.best_epoch)
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.loop.epoch, state.loop.global_step)
 
     def write(self, state: dict[str, Any], best: bool = False) -> None:
         if distributed.is_main():

@@ -41,6 +41,27 @@ def autocast(precision: str, device: torch.device) -> Autocast:
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def use_channels_last(setting: bool | str, model: torch.nn.Module, device: torch.device) -> bool:
+    """``trainer.channels_last``; ``auto``: for convolutional models on the CPU, whose convolutions run 1.3x
+    (training) to 2x (evaluation) faster on channels-last images there, with the same results up to float
+    rounding."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, channels_last: bool, compile: bool
+) -> torch.nn.Module:
+    """The model on ``device``, in channels-last memory order and compiled where asked."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()  # in place, so the state dict keeps its keys (no "_orig_mod." prefix)
+    return model
+
+
 def configure_torch(num_threads: int | None, deterministic: bool) -> None:
     """torch's process-wide settings: intra-op threads (None: torch's default), deterministic algorithms; and
     the allocator's (``keep_freed_memory``)."""

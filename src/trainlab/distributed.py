@@ -82,6 +82,23 @@ def setup() -> None:
             ]
 
 
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel``, which averages the ranks' gradients in backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def batch_share(n: int, global_batch: int, batch_start: int, num_samples: int) -> float:
+    """The factor on this rank's mean loss over its ``n`` samples of a global batch (of ``global_batch``
+    samples, starting at sample ``batch_start`` of the epoch's ``num_samples``): DDP averages the ranks'
+    gradients, so the factor is this rank's share of the batch times the ranks, and the gradient is the
+    global batch's mean whatever its split, as a single process's; 1 in a single process."""
+    if not is_distributed():
+        return 1.0
+    return n * world_size() / min(global_batch, num_samples - batch_start)
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank: for decisions all ranks must take together (stop on a signal)."""
     if not is_distributed():

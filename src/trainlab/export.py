@@ -22,7 +22,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch import nn
 
-from trainlab.dataloader import InputSpec
+from trainlab.dataloader import InputKind, InputSpec
+from trainlab.dataloader.base import Inputs, as_tuple, chunk, count
 from trainlab.errors import CheckpointError, ConfigError, DataError
 from trainlab.inference import (
     CLASSES_KEY,
@@ -57,7 +58,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         to_absolute_path(cfg.output) if cfg.output else None, beside(ckpt_path, f"{ckpt_path.stem}.onnx")
     )
     wrapped = InferenceModel(spec, model).eval()
-    program = to_onnx(wrapped, torch.rand(2, *spec.input_shape))
+    program = to_onnx(wrapped, spec.input_kind())
     test_metrics = run_test_metrics(ckpt_path)
     program.model.metadata_props.update(
         {
@@ -82,11 +83,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor) -> torch.onnx.ONNXProgram:
-    """``model`` as an ONNX program with a dynamic batch axis named ``batch``; a model that cannot be
-    exported is a one-line ``CheckpointError`` naming the layer."""
+def to_onnx(model: nn.Module, kind: InputKind) -> torch.onnx.ONNXProgram:
+    """``model`` (taking ``kind``'s raw inputs) as an ONNX program whose inputs are named and have the axes of
+    any size the kind says (``onnx_inputs``, ``onnx_dynamic_axes``: the batch, a text's length...); a model
+    that cannot be exported is a one-line ``CheckpointError`` naming the layer."""
+    axes = kind.onnx_dynamic_axes()
+    dims = {name: torch.export.Dim(name) for name in {name for per_input in axes for name in per_input.values()}}
+    dynamic_shapes = tuple({axis: dims[name] for axis, name in per_input.items()} for per_input in axes)
     try:
-        exported = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        # InferenceModel.forward(*raw): its inputs are one variadic argument, so are their shapes
+        exported = torch.export.export(model, as_tuple(kind.example(2)), dynamic_shapes=(dynamic_shapes,))
     except Exception as error:  # torch.export's many kinds: untraceable Python, data-dependent shapes...
         raise CheckpointError(
             f"torch.export cannot trace this model ({type(error).__name__}: {_first_line(error)}); keep the .ckpt "
@@ -94,12 +100,19 @@ def to_onnx(model: nn.Module, example: torch.Tensor) -> torch.onnx.ONNXProgram:
         ) from error
     try:
         program = torch.onnx.export(
-            exported, dynamo=True, input_names=["input"], output_names=["output"], verbose=False, report=False
+            exported,
+            dynamo=True,
+            input_names=list(kind.onnx_inputs),
+            output_names=["output"],
+            verbose=False,
+            report=False,
         )
     except torch.onnx.OnnxExporterError as error:
         raise CheckpointError(untranslatable(exported, error)) from None
-    for value in (*program.model.graph.inputs, *program.model.graph.outputs):
-        value.shape = type(value.shape)(["batch", *value.shape[1:]])
+    for value, per_input in zip(program.model.graph.inputs, axes, strict=True):  # the axes' names, not s0, s1
+        value.shape = type(value.shape)([per_input.get(i, size) for i, size in enumerate(value.shape)])
+    output = program.model.graph.outputs[0]
+    output.shape = type(output.shape)(["batch", *output.shape[1:]])
     return program
 
 
@@ -126,46 +139,32 @@ def untranslatable(exported: torch.export.ExportedProgram, error: Exception) -> 
     )
 
 
-def check_inputs(
-    cfg: DictConfig, spec: InputSpec, ckpt_path: Path
-) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def check_inputs(cfg: DictConfig, spec: InputSpec, ckpt_path: Path) -> tuple[Inputs, torch.Tensor | None, str]:
     """Raw inputs to compare torch with ONNX Runtime on, their targets and what they are: the test split
-    when its data is present, else generated inputs of the right shape."""
+    when its data is present, else inputs the spec's kind generates (``InputKind.example``)."""
     try:
         data = load_test_data(cfg, spec, ckpt_path)
     except DataError as error:
         log.info("checking on generated inputs: the test split is not at hand (%s)", _first_line(error))
-        return generated_inputs(spec, 64), None, "64 generated inputs"
+        return spec.input_kind().example(64), None, "64 generated inputs"
     batches = list(data.batches("test"))
-    raw = torch.cat([data.untransform(x) for x, _ in batches])
-    return raw, torch.cat([y for _, y in batches]), f"the test split ({len(raw)} inputs)"
-
-
-def generated_inputs(spec: InputSpec, n: int, seed: int = 0) -> torch.Tensor:
-    """Raw inputs of the right shape: images in [0, 1]; table rows around the training statistics, every
-    other row missing its first number (filled inside the graph)."""
-    generator = torch.Generator().manual_seed(seed)
-    if spec.kind == "image":
-        return torch.rand(n, *spec.input_shape, generator=generator)
-    raw = torch.randn(n, *spec.input_shape, generator=generator) * torch.tensor(spec.std) + torch.tensor(spec.mean)
-    numbers = [i for i, name in enumerate(spec.feature_names or []) if "=" not in name]
-    if numbers:
-        raw[::2, numbers[0]] = float("nan")
-    return raw
+    raw = spec.input_kind().collate([data.untransform(x) for x, _ in batches])
+    return raw, torch.cat([y for _, y in batches]), f"the test split ({count(raw)} inputs)"
 
 
 def check(
     model: nn.Module,
     onnx: OnnxPredictor,
-    raw: torch.Tensor,
+    raw: Inputs,
     targets: torch.Tensor | None,
     what: str,
     batch_size: int,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime's outputs with torch's on ``raw``; refuse a difference over ``TOLERANCE``."""
+    starts = range(0, count(raw), batch_size)
     with torch.inference_mode():
-        expected = torch.cat([model(raw[i : i + batch_size]) for i in range(0, len(raw), batch_size)])
-    outputs = torch.cat([onnx(raw[i : i + batch_size]) for i in range(0, len(raw), batch_size)])
+        expected = torch.cat([model(*as_tuple(chunk(raw, i, i + batch_size))) for i in starts])
+    outputs = torch.cat([onnx(chunk(raw, i, i + batch_size)) for i in starts])
     difference = (outputs - expected).abs().max().item()
     log.info("ONNX Runtime on %s: max abs difference from torch %.3g (tolerance %g)", what, difference, TOLERANCE)
     if not difference <= TOLERANCE:

@@ -7,9 +7,9 @@ after ``checkpoint.trusted_node`` found a trainlab model class with plain settin
 which needs the training data, is rebuilt from the ``dataset`` node alone (checked alike, never downloaded,
 never augmented).
 
-A ``Predictor`` takes raw inputs (images in [0, 1] at the trained size, or encoded table rows with NaN for a
-missing value: what ``trainlab.dataloader.inputs`` reads) and returns the model's outputs: the normalisation
-is part of the model it runs (``InferenceModel``), in torch and in the ONNX graph alike.
+A ``Predictor`` takes raw inputs (what the spec's kind of input reads: images in [0, 1] at the trained size,
+encoded table rows with NaN for a missing value...) and returns the model's outputs: the kind's
+preprocessing is part of the model it runs (``InferenceModel``), in torch and in the ONNX graph alike.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from torch import nn
 
 from trainlab import checkpoint
 from trainlab.dataloader import BatchedData, InputSpec
+from trainlab.dataloader.base import Inputs, as_tuple, call
 from trainlab.dataloader.folds import KFold
-from trainlab.dataloader.spec import standardize
+from trainlab.dataloader.tensors import on_device
 from trainlab.errors import CheckpointError, DataError
 from trainlab.tasks import Task
 
@@ -37,20 +38,17 @@ INPUT_SPEC_KEY, CLASSES_KEY, METRICS_KEY = "trainlab.input_spec", "trainlab.clas
 
 
 class InferenceModel(nn.Module):
-    """A trained model behind its input preprocessing: raw inputs -> (missing values filled) -> normalised ->
-    the model's outputs. What ``Predictor`` runs and what ``export`` writes as ONNX."""
+    """A trained model behind its kind's input preprocessing: raw inputs -> model inputs (for images and
+    tables: missing values filled, normalised) -> the model's outputs. What ``Predictor`` runs and what
+    ``export`` writes as ONNX."""
 
     def __init__(self, spec: InputSpec, model: nn.Module):
         super().__init__()
-        shape = spec.stat_shape()
+        self.preprocessing = spec.input_kind().preprocessing()
         self.model = model
-        self.register_buffer("mean", torch.tensor(spec.mean).view(shape))
-        self.register_buffer("std", torch.tensor(spec.std).view(shape))
-        fill = spec.fill()
-        self.register_buffer("fill", fill if fill is not None else None)
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model(standardize(raw, self.mean, self.std, self.fill))
+    def forward(self, *raw: torch.Tensor) -> torch.Tensor:
+        return call(self.model, self.preprocessing(*raw))
 
 
 def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictConfig, InputSpec, nn.Module]:
@@ -64,9 +62,7 @@ def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictC
     if "input_spec" not in state:
         raise CheckpointError(f"{ckpt_path} has no input spec (written by an older trainlab); train it again")
     spec = InputSpec.from_dict(state["input_spec"])
-    model = build_model(
-        OmegaConf.create({"model": model_node}), spec.input_shape, spec.task_object().num_outputs, pretrained=False
-    )
+    model = build_model(OmegaConf.create({"model": model_node}), spec, pretrained=False)
     checkpoint.load_weights(model, state, ckpt_path)
     return cfg, spec, model.to(device).eval()
 
@@ -137,6 +133,7 @@ class Predictor:
     def __init__(self, source: Path, spec: InputSpec, test_metrics: dict[str, float]):
         self.source, self.spec, self.test_metrics = source, spec, test_metrics
         self.task: Task = spec.task_object()
+        self.kind = spec.input_kind()
 
     @staticmethod
     def load(path: str | Path, device: str = "auto", num_threads: int | None = None) -> Predictor:
@@ -145,20 +142,15 @@ class Predictor:
             return OnnxPredictor(path, device, num_threads)
         return TorchPredictor(path, device, num_threads)
 
-    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        """The model's outputs (N, outputs) on the CPU for raw inputs (N, *input_shape)."""
+    def __call__(self, raw: Inputs) -> torch.Tensor:
+        """The model's outputs (N, outputs) on the CPU for N raw inputs (as the spec's kind reads them)."""
         return self.forward(self.check(raw))
 
-    def check(self, raw: torch.Tensor) -> torch.Tensor:
-        """``raw`` as float32, or a ``DataError`` if its inputs are not of the model's input shape."""
-        if list(raw.shape[1:]) != list(self.spec.input_shape):
-            raise DataError(
-                f"inputs of shape {tuple(raw.shape[1:])} do not fit this model, which expects "
-                f"{tuple(self.spec.input_shape)}"
-            )
-        return raw.to(torch.float32)
+    def check(self, raw: Inputs) -> Inputs:
+        """``raw`` as the model takes it, or a ``DataError`` saying how it does not fit (``InputKind.check``)."""
+        return self.kind.check(raw)
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: Inputs) -> torch.Tensor:
         raise NotImplementedError
 
     def answers(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
@@ -197,9 +189,9 @@ class TorchPredictor(Predictor):
         super().__init__(path, spec, run_test_metrics(path))
         self.model = InferenceModel(spec, model).to(self.device).eval()
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: Inputs) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(raw.to(self.device)).float().cpu()
+            return self.model(*as_tuple(on_device(raw, self.device))).float().cpu()
 
 
 class OnnxPredictor(Predictor):
@@ -228,10 +220,11 @@ class OnnxPredictor(Predictor):
                 f"{path} has no trainlab input spec in its metadata; export it with export.py"
             ) from None
         super().__init__(path, spec, json.loads(meta.get(METRICS_KEY, "{}")))
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [value.name for value in self.session.get_inputs()]
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: raw.numpy()})[0])
+    def forward(self, raw: Inputs) -> torch.Tensor:
+        feeds = {name: tensor.numpy() for name, tensor in zip(self.input_names, as_tuple(raw), strict=True)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
 RUN_FILES = ("checkpoints", "tensorboard", ".hydra", "metrics.json")  # what a training run wrote

@@ -18,9 +18,9 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from trainlab.dataloader.inputs import read_inputs
+from trainlab.dataloader.base import chunk, count
 from trainlab.devices import pick_device
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, DataError
 from trainlab.inference import Predictor, beside, load_trained, output_path, score
 from trainlab.progress import format_metrics
 from trainlab.trainer import evaluate
@@ -47,8 +47,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         return metrics
 
     predictor = Predictor.load(ckpt_path, cfg.device)
-    names, raw, targets = read_inputs(predictor.spec, Path(to_absolute_path(cfg.input)))
-    outputs = torch.cat([predictor(raw[i : i + cfg.batch_size]) for i in range(0, len(raw), cfg.batch_size)])
+    path = Path(to_absolute_path(cfg.input))
+    if not path.exists():
+        raise DataError(f"input={path} does not exist; pass {predictor.kind.files}")
+    names, raw, targets = predictor.kind.read(path)
+    starts = range(0, count(raw), cfg.batch_size)
+    outputs = torch.cat([predictor(chunk(raw, i, i + cfg.batch_size)) for i in starts])
     path = output_path(output, Path.cwd() / "predictions.csv")
     write_predictions(path, names, predictor.answers(outputs))
     log.info("wrote %d predictions to %s", len(names), path)

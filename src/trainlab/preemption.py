@@ -9,8 +9,13 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from trainlab import distributed
+
+if TYPE_CHECKING:
+    from trainlab.checkpoint import RunCheckpoints
+    from trainlab.state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +85,35 @@ class SignalCatcher:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum or signal.SIGTERM).name
+
+
+class Preemption(SignalCatcher):
+    """The trainer's signal handling: whether to stop now, and stopping (``last.ckpt``, then ``Interrupted``).
+
+    Under DDP all ranks must stop at the same step, so they agree through a collective: at every epoch's
+    start, and inside one every ``every`` optimizer steps (``trainer.log_every_n_steps``)."""
+
+    def __init__(self, ddp: bool, every: int):
+        super().__init__()
+        self.ddp, self.every = ddp, every
+
+    def __enter__(self) -> Preemption:
+        super().__enter__()
+        return self
+
+    def requested(self, global_step: int, at_step: bool = False) -> bool:
+        """Whether to stop for SIGTERM/SIGINT now: at an epoch's start, or after optimizer step ``global_step``
+        (``at_step``)."""
+        if self.ddp and at_step and global_step % self.every:
+            return False
+        return self.received(all_ranks=self.ddp)
+
+    def stop(self, state: TrainingState, checkpoints: RunCheckpoints) -> NoReturn:
+        """Save ``last.ckpt`` where the run is, and raise ``Interrupted`` with the way to resume."""
+        checkpoints.write(state.state_dict())
+        loop = state.loop
+        raise Interrupted(
+            f"stopped by {self.name} at epoch {loop.epoch + 1}, step {loop.global_step}; saved {checkpoints.last}",
+            self.signum,
+            checkpoints.last,
+        )

@@ -32,5 +32,14 @@ def run_name(overrides: str) -> str:
     return name if len(name) <= MAX_NAME else name[: MAX_NAME - 3] + "..."
 
 
+def unnamed_settings() -> list[str]:
+    """``${trainlab.unnamed_settings:}``: the settings that do not name a sweep's run dirs (Hydra's
+    ``override_dirname.exclude_keys``): the run-only ones and paths of ``trainlab.settings``."""
+    from trainlab import settings
+
+    return list(settings.NOT_HPARAMS)
+
+
 OmegaConf.register_new_resolver("trainlab.start_time", start_time, replace=True)
 OmegaConf.register_new_resolver("trainlab.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("trainlab.unnamed_settings", unnamed_settings, replace=True)

@@ -3,7 +3,7 @@
 A checkpoint holds the fully resolved config of the run that wrote it, so resuming takes the config from
 there: ``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` continues that run, not one built from
 today's defaults. Settings given with it are applied on top only where they do not change what the saved
-state means (``RESUMABLE``); any other setting that differs from the saved one is refused by name, since the
+state means (``settings.RESUMABLE``); any other setting that differs from the saved one is refused by name, since the
 saved weights, optimizer state and best score would silently mean something else.
 """
 
@@ -18,45 +18,25 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint
+from trainlab import checkpoint, settings
 from trainlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
-
-# What a resumed run may change (a key, or a prefix of keys): how long, where and how fast it runs, what it
-# shows and logs, when early stopping gives up, and where its files are (the same data, moved). Everything
-# else (the model, the data set and its split, the optimizer and scheduler, the monitor and its mode, the
-# seed...) is what the saved state was trained with.
-RESUMABLE = (
-    "ckpt_path",
-    "debug_errors",
-    "hydra",
-    "trainer.max_epochs",
-    "trainer.device",
-    "trainer.strategy",
-    "trainer.progress",
-    "trainer.num_threads",
-    "trainer.log_every_n_steps",
-    "trainer.compile",
-    "callbacks.early_stopping.patience",
-    "callbacks.early_stopping.min_delta",
-    "callbacks.pictures",
-    "paths.data_dir",
-    "dataset.path",
-    "dataset.root",
-    "dataset.num_workers",
-)
 
 MISSING = object()  # a key that a config does not have
 
 
 def resumable(key: str) -> bool:
-    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE)
+    """Whether a resumed run may change ``key``: how long, where and how fast it runs, what it shows and
+    logs, when early stopping gives up, and where its files are (the same data, moved); ``settings``
+    declares them. Everything else (the model, the data set and its split, the optimizer and scheduler, the
+    monitor and its mode, the seed...) is what the saved state was trained with."""
+    return settings.among(key, settings.RESUMABLE)
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """The config that continues ``cfg.ckpt_path``: the one saved in the checkpoint, with the settings the
-    user changed taken from ``cfg`` where they are ``RESUMABLE``, and refused (``ConfigError``) otherwise.
+    user changed taken from ``cfg`` where they are ``resumable``, and refused (``ConfigError``) otherwise.
 
     ``overrides`` are the command line's (Hydra's ``overrides.task``): only the settings they name count as
     changed, since ``cfg`` holds today's defaults for the rest. Without them (a config composed in Python),
@@ -70,7 +50,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
     wanted = OmegaConf.to_container(cfg, resolve=True)
     if overrides is None:
         changes = [(key, None, False) for key in {**_leaves(wanted), **_leaves(resumed)} if not resumable(key)]
-        changes += [(key, None, False) for key in RESUMABLE]
+        changes += [(key, None, False) for key in settings.RESUMABLE]
     else:
         changes = [
             (o.key_or_group.replace("/", "."), o.input_line, o.is_delete())

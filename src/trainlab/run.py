@@ -3,6 +3,7 @@ through these functions, so there is one place that calls ``instantiate``."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainlab.dataloader import BatchedData
+from trainlab import settings
+from trainlab.dataloader import BatchedData, InputSpec
 from trainlab.dataloader.base import Normalization
 from trainlab.errors import ConfigError
 from trainlab.outputs import flat_hparams
@@ -51,18 +53,43 @@ def expected_normalization(model_cfg: DictConfig | None) -> Normalization | None
     return ask(model_cfg) if ask is not None else None
 
 
-def build_model(cfg: DictConfig, input_shape: list[int], num_outputs: int, pretrained: bool = True) -> nn.Module:
-    """The model of ``cfg.model`` sized for the data. ``pretrained=False`` skips the ``weights`` file a
-    model starts from (model=torchvision), for a model whose trained weights are loaded next anyway."""
+def build_model(cfg: DictConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    """The model of ``cfg.model`` sized for the inputs ``spec`` describes: with what their kind sizes a model
+    by (``InputKind.model_sizes``: ``input_shape``; a vocabulary's ``vocab_size``...) and ``num_outputs``.
+    ``pretrained=False`` skips the ``weights`` file a model starts from (model=torchvision), for a model whose
+    trained weights are loaded next anyway."""
+    sizes = spec.input_kind().model_sizes() | {"num_outputs": spec.task_object().num_outputs}
+    check_model_fits(cfg.model, sizes, spec.kind)
     skip = {"weights": None} if not pretrained and "weights" in cfg.model else {}
-    return instantiate(cfg.model, input_shape=list(input_shape), num_outputs=num_outputs, **skip)
+    return instantiate(cfg.model, **sizes, **skip)
+
+
+def check_model_fits(model_cfg: DictConfig, sizes: dict[str, Any], kind: str) -> None:
+    """A ``ConfigError`` where the model's class takes other sizes than the ones ``kind`` inputs give
+    (a CNN for text, an RNN for images), rather than the constructor's TypeError."""
+    model_class = get_class(model_cfg._target_)
+    parameters = inspect.signature(model_class).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [name for name in sizes if name not in parameters]
+    needed = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty and name not in sizes and name not in model_cfg
+    ]
+    if unknown or needed:
+        given = ", ".join(name for name in sizes if name != "num_outputs")
+        raise ConfigError(
+            f"model {model_class.__name__} is not made for {kind} inputs: it is sized by "
+            f"{', '.join(needed) or 'other sizes'}, and they give {given}; choose a model for {kind} inputs"
+        )
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[BatchedData, nn.Module]:
-    """The data set, then the model sized by it: ``input_shape`` and ``num_outputs`` come from the data."""
+    """The data set, then the model sized by it (``build_model``)."""
     seed_everything(cfg.seed)
     data = build_data(cfg)
-    return data, build_model(cfg, list(data.input_shape), data.num_outputs)
+    return data, build_model(cfg, data.input_spec())
 
 
 @dataclass
@@ -94,7 +121,9 @@ def build(cfg: DictConfig) -> Run:
     """Everything a training run needs, from a composed config."""
     data, model = build_data_and_model(cfg)
     optimizer = build_optimizer(cfg, model)
-    trainer = instantiate(cfg.trainer, callbacks=cfg.get("callbacks"), _convert_="object")
+    trainer = instantiate(
+        cfg.trainer, callbacks=cfg.get("callbacks"), loggers=cfg.get("logger"), _convert_="object"
+    )
     scheduler, interval = build_scheduler(cfg, optimizer, trainer, data)
     return Run(data, model, optimizer, scheduler, interval, trainer)
 
@@ -131,14 +160,10 @@ def prepare_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
     saved in checkpoints works from any folder (dataset=csv's path, dataset=image_folder's root,
     model=torchvision's weights). With ``ckpt_path`` it is the checkpoint's own config, with the command line's
     ``overrides`` that a resumed run may change (``trainlab.resume``)."""
-    for node, key in (
-        (cfg.paths, "data_dir"),
-        (cfg.dataset, "path"),
-        (cfg.dataset, "root"),
-        (cfg.model, "weights"),
-    ):
-        if node.get(key):
-            node[key] = to_absolute_path(node[key])
+    for key in settings.PATHS:
+        value = OmegaConf.select(cfg, key)
+        if value:
+            OmegaConf.update(cfg, key, to_absolute_path(value))
     return resumed_config(cfg, overrides) if cfg.get("ckpt_path") else cfg
 
 

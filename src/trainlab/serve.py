@@ -17,12 +17,9 @@ is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefull
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import functools
-import io
 import itertools
 import json
 import logging
@@ -33,16 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
 
-from trainlab.dataloader.inputs import encode_rows, read_image
+from trainlab.dataloader import InputKind
+from trainlab.dataloader.base import Inputs, count
 from trainlab.errors import ConfigError, DataError
 from trainlab.inference import Predictor
 
@@ -59,15 +56,22 @@ class BadRequest(Exception):
         self.status = status
 
 
-class PredictRequest(BaseModel):
-    """The JSON body of ``POST /predict``: one of its fields, each a list (one input or many)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    images: list[str] | None = Field(None, description="base64-encoded image files (PNG, JPEG...)")
-    rows: list[dict[str, Any]] | None = Field(None, description="table rows: {column: value}; null: missing")
-    inputs: list[Any] | None = Field(
-        None, description="raw inputs as arrays: images (C, H, W) in [0, 1] at the trained size; encoded rows"
+def request_model(kind: InputKind) -> type[BaseModel]:
+    """The JSON body of ``POST /predict`` for a model of ``kind`` inputs: one of two fields, each a list (one
+    input or many): the kind's own (``"images"``, ``"rows"``...) or ``"inputs"``, raw inputs as arrays."""
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        **{
+            kind.request_field: (
+                list[kind.request_type] | None,
+                Field(None, description=kind.request_description),
+            ),
+            "inputs": (
+                list[Any] | None,
+                Field(None, description=f"raw inputs as arrays of numbers ({kind.name})"),
+            ),
+        },
     )
 
 
@@ -82,7 +86,7 @@ class Batcher:
 
     def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float):
         self.predictor, self.max_batch_size, self.max_wait = predictor, max_batch_size, max_wait_ms / 1000
-        self.pending: collections.deque[tuple[torch.Tensor, asyncio.Future[list]]] = collections.deque()
+        self.pending: collections.deque[tuple[Inputs, asyncio.Future[list]]] = collections.deque()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.reading = 0  # requests being read whose inputs will come to the pending ones
         self.waiting: asyncio.TimerHandle | None = None  # a batch waiting for requests being read
@@ -104,9 +108,9 @@ class Batcher:
         """Called once the server has started: its tasks so far are its own, any later one is a request's."""
         self.server_tasks = asyncio.all_tasks()
 
-    async def __call__(self, raw: torch.Tensor) -> list[dict[str, Any]]:
+    async def __call__(self, raw: Inputs) -> list[dict[str, Any]]:
         """The answers (``Predictor.answers``) to checked raw inputs."""
-        self.requests, self.inputs = self.requests + 1, self.inputs + len(raw)
+        self.requests, self.inputs = self.requests + 1, self.inputs + count(raw)
         if not self.busy and not self.pending and self.inline(raw):
             return self.timed(raw)
         future = asyncio.get_running_loop().create_future()
@@ -114,7 +118,7 @@ class Batcher:
         self.start()
         return await future
 
-    def inline(self, raw: torch.Tensor) -> bool:
+    def inline(self, raw: Inputs) -> bool:
         """Whether to run the model in the event loop: for a request that is alone (no other is being read
         or has arrived) when at the last forward pass's time per input its inputs take under ``INLINE_S``.
         The event loop has nothing else to do meanwhile, and handing over to a thread and back costs more
@@ -123,7 +127,7 @@ class Batcher:
         giving way when the body came in one piece, so those that came with it have a task and no more."""
         return (
             not self.reading
-            and self.last_forward_s * len(raw) < INLINE_S
+            and self.last_forward_s * count(raw) < INLINE_S
             and len(asyncio.all_tasks() - self.server_tasks) == 1  # this request's task alone
         )
 
@@ -132,7 +136,7 @@ class Batcher:
         the batch is not full, first wait for them up to ``max_wait_ms``."""
         if self.busy or not self.pending:
             return
-        if self.reading and sum(len(raw) for raw, _ in self.pending) < self.max_batch_size:
+        if self.reading and sum(count(raw) for raw, _ in self.pending) < self.max_batch_size:
             if self.waiting is None:
                 self.waiting = asyncio.get_running_loop().call_later(self.max_wait, self.run)
             return
@@ -146,15 +150,15 @@ class Batcher:
         batch, size = [], 0
         while self.pending and size < self.max_batch_size:
             batch.append(self.pending.popleft())
-            size += len(batch[-1][0])
+            size += count(batch[-1][0])
         raws, futures = zip(*batch, strict=True)
         self.busy = True
-        done = asyncio.get_running_loop().run_in_executor(self.executor, self.timed, torch.cat(raws))
+        done = asyncio.get_running_loop().run_in_executor(
+            self.executor, self.timed, self.predictor.kind.collate(list(raws))
+        )
         done.add_done_callback(functools.partial(self.answer, raws, futures))
 
-    def answer(
-        self, raws: tuple[torch.Tensor, ...], futures: tuple[asyncio.Future, ...], done: asyncio.Future
-    ) -> None:
+    def answer(self, raws: tuple[Inputs, ...], futures: tuple[asyncio.Future, ...], done: asyncio.Future) -> None:
         """Each waiting request's part of a batch's answers, or the batch's error; then the next batch."""
         self.busy = False
         try:
@@ -165,17 +169,17 @@ class Batcher:
                     future.set_exception(error)
         else:
             for raw, future in zip(raws, futures, strict=True):
-                part = list(itertools.islice(answers, len(raw)))  # taken in order, whoever still waits
+                part = list(itertools.islice(answers, count(raw)))  # taken in order, whoever still waits
                 if not future.done():
                     future.set_result(part)
         self.start()
 
-    def timed(self, raw: torch.Tensor) -> list[dict[str, Any]]:
+    def timed(self, raw: Inputs) -> list[dict[str, Any]]:
         """The answers to a batch (one forward pass, one softmax), and the forward pass's time per input."""
         begin = time.perf_counter()
         outputs = self.predictor.forward(raw)
-        self.last_forward_s = (time.perf_counter() - begin) / len(raw)
-        self.forward_passes, self.largest_batch = self.forward_passes + 1, max(self.largest_batch, len(raw))
+        self.last_forward_s = (time.perf_counter() - begin) / count(raw)
+        self.forward_passes, self.largest_batch = self.forward_passes + 1, max(self.largest_batch, count(raw))
         return self.predictor.answers(outputs)
 
     def stats(self) -> dict[str, int]:
@@ -230,7 +234,8 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
     """The FastAPI application serving ``predictor`` with the settings of ``conf/serve.yaml``."""
-    spec, max_inputs = predictor.spec, cfg.max_inputs
+    spec, kind, max_inputs = predictor.spec, predictor.kind, cfg.max_inputs
+    body_model = request_model(kind)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -276,34 +281,28 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
     async def metadata() -> dict[str, Any]:
         return predictor.metadata() | {"max_inputs": max_inputs, "max_body_mb": cfg.max_body_mb}
 
-    body_schema = {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            },
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-        },
-    }
+    body_schema = {"required": True, "content": {"application/json": {"schema": body_model.model_json_schema()}}}
+    if kind.file_uploads:
+        files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+        body_schema["content"]["multipart/form-data"] = {
+            "schema": {"type": "object", "properties": {"file": files}}
+        }
 
     @app.post("/predict", openapi_extra={"requestBody": body_schema})
     async def predict(request: Request) -> JSONResponse:
-        """Image files (multipart, any field name) or JSON (images as base64, rows, or raw inputs); one
-        answer per input, in order: ``{"predictions": [{"label", "class_index", "probabilities"}]}``, or
-        ``[{"value"}]`` for regression."""
+        """Files (multipart, any field name, where the model takes them: images) or JSON (the model's kind of
+        input, e.g. images as base64 or rows, or raw inputs); one answer per input, in order:
+        ``{"predictions": [{"label", "class_index", "probabilities"}]}``, or ``[{"value"}]`` for regression."""
         batcher: Batcher = request.app.state.batcher
         with batcher.reading_request():
-            raw = predictor.check(await read_request(request, spec, max_inputs))
+            raw = predictor.check(await read_request(request, kind, body_model, max_inputs))
         # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
         return JSONResponse({"predictions": await batcher(raw)})
 
     return app
 
 
-async def read_request(request, spec, max_inputs: int) -> torch.Tensor:
+async def read_request(request, kind: InputKind, body_model: type[BaseModel], max_inputs: int) -> Inputs:
     """The raw inputs of a ``POST /predict`` request."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -321,18 +320,18 @@ async def read_request(request, spec, max_inputs: int) -> torch.Tensor:
             ) from None
         if not files:
             raise BadRequest(400, "the form holds no file; send images as -F file=@photo.png")
-        return images(spec, files)
+        return kind.from_files(files)
     if not content_type.startswith("application/json"):
         raise BadRequest(
             415, f"content-type {content_type or 'none'}: send multipart/form-data files or application/json"
         )
     try:
-        body = PredictRequest.model_validate_json(await request.body())
+        body = body_model.model_validate_json(await request.body())
     except ValidationError as error:
         raise BadRequest(422, describe(error.errors())) from None
     given = [name for name, value in body if value is not None]
     if len(given) != 1:
-        raise BadRequest(422, f"give one of images, rows or inputs, not {given or 'none'}")
+        raise BadRequest(422, f"give one of {kind.request_field} or inputs, not {given or 'none'}")
     values = getattr(body, given[0])
     if not values:
         raise BadRequest(422, f"{given[0]} is empty; give at least one input")
@@ -340,45 +339,12 @@ async def read_request(request, spec, max_inputs: int) -> torch.Tensor:
         raise BadRequest(
             413, f"{len(values)} inputs are more than the limit of {max_inputs} per request (max_inputs)"
         )
-    if body.images is not None:
-        return images(spec, [(f"images[{i}]", decode_base64(i, text)) for i, text in enumerate(body.images)])
-    if body.rows is not None:
-        return rows(spec, body.rows)
-    try:
-        return torch.tensor(body.inputs, dtype=torch.float32)
-    except (ValueError, TypeError) as error:
-        raise BadRequest(422, f"inputs are not arrays of numbers of one shape ({error})") from None
-
-
-def images(spec, files: list[tuple[str, bytes]]) -> torch.Tensor:
-    if spec.kind != "image":
-        raise BadRequest(400, 'this model takes table rows, not images: send JSON {"rows": [{column: value}]}')
-    return torch.stack([read_image(io.BytesIO(data), spec.input_shape, name) for name, data in files])
-
-
-def decode_base64(index: int, text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(400, f"images[{index}] is not base64 text; encode the image file's bytes") from None
-
-
-def rows(spec, given: list[dict[str, Any]]) -> torch.Tensor:
-    if spec.kind != "table":
-        raise BadRequest(400, "this model takes images, not table rows: send image files or base64 images")
-    known = {column["name"] for column in spec.columns} | {spec.target}
-    for i, row in enumerate(given):
-        nested = [name for name, value in row.items() if isinstance(value, dict | list)]
-        if nested:
-            raise BadRequest(400, f"rows[{i}][{nested[0]!r}] is not a number or text: a cell holds one value")
-        unknown = sorted(set(row) - known)
-        if unknown:
-            raise BadRequest(
-                400,
-                f"rows[{i}] has unknown column(s) {', '.join(unknown)}; the model's columns are "
-                f"{', '.join(c['name'] for c in spec.columns)}",
-            )
-    return encode_rows(spec, given, "the rows")
+    if given[0] == "inputs":
+        try:
+            return kind.from_arrays(values)
+        except DataError as error:
+            raise BadRequest(422, str(error)) from None
+    return kind.from_request(values)
 
 
 def describe(errors: list[dict[str, Any]]) -> str:

@@ -39,11 +39,6 @@ class Task:
     def num_outputs(self) -> int:
         return self.num_classes if self.kind == "multiclass" else 1
 
-    @property
-    def monitor_metric(self) -> str:
-        """The natural quality metric of the task (the default monitor is ``val/`` plus this)."""
-        return "acc" if self.is_classification else "mse"
-
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy, binary cross-entropy or MSE. ``label_smoothing`` mixes the class targets with the
         uniform distribution (for training: evaluation reports the plain loss); regression ignores it."""

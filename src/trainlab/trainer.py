@@ -2,19 +2,21 @@
 
 Read ``fit`` top to bottom: it is the whole loop. The Trainer holds its settings (``conf/trainer/*.yaml``,
 the only place they are written down); what one fit needs is made in ``fit`` and passed along. The pieces
-around the loop live in their own modules: the saved and restored state (``state``), checkpoint files
-(``checkpoint``), preemption (``preemption``), TensorBoard and ``metrics.json`` (``outputs``), devices and
-precision (``devices``), and the monitored metric (``monitor``), which drives the best checkpoint, early
-stopping and ReduceLROnPlateau alike.
+the loop calls live in the modules of their names: the saved and restored state (``state``), checkpoint
+files and the checkpoint policy (``checkpoint``), preemption (``preemption``), the divergence check
+(``divergence``), the loggers (``loggers``) and ``metrics.json`` (``outputs``), devices, precision and model
+preparation (``devices``), DDP (``distributed``), and the monitored metric (``monitor``), which drives the
+best checkpoint, early stopping and ReduceLROnPlateau alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,22 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from trainlab import checkpoint, devices, distributed
+from trainlab import checkpoint, devices, distributed, outputs
 from trainlab.callbacks import Callback, FitContext, TestOutputs
 from trainlab.dataloader import BatchedData
-from trainlab.errors import ConfigError, TrainingError
+from trainlab.dataloader.base import Inputs, call
+from trainlab.divergence import check_finite
+from trainlab.errors import ConfigError
+from trainlab.loggers import Logger, Loggers, RunInfo
 from trainlab.monitor import Monitor
-from trainlab.outputs import RunOutputs
-from trainlab.preemption import Interrupted, SignalCatcher
+from trainlab.preemption import Preemption
 from trainlab.progress import Progress, format_metrics, print_summary
 from trainlab.state import TrainingState
 from trainlab.tasks import DeferredMetrics, Task
 
 log = logging.getLogger(__name__)
 
-BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+BatchHook = Callable[[Inputs, torch.Tensor, torch.Tensor], None]
 
 
 @torch.no_grad()
@@ -55,7 +59,7 @@ def evaluate(
     seen = 0
     for x, y in batches:
         with autocast():
-            outputs = model(x)
+            outputs = call(model, x)
             loss = task.loss(outputs, y)
         task.update(metrics, outputs, y, loss)
         if on_batch is not None:
@@ -64,18 +68,12 @@ def evaluate(
     return {name: float(value) for name, value in metrics.compute().items()} if seen else {}
 
 
-def _first(batches: Iterable, n: int) -> Iterator:
-    for i, batch in enumerate(batches):
-        if i >= n:
-            return
-        yield batch
-
-
 class Trainer:
-    """Fits a model on a data set and writes the run: checkpoints, TensorBoard events and metrics.json.
+    """Fits a model on a data set and writes the run: checkpoints, the loggers' records and metrics.json.
 
     Every argument is a setting of ``conf/trainer/default.yaml``, which documents them and holds their
-    defaults. ``callbacks`` are the named callbacks of ``conf/callbacks/``.
+    defaults. ``callbacks`` are the named callbacks of ``conf/callbacks/``, ``loggers`` the named loggers of
+    ``conf/logger/``.
     """
 
     def __init__(
@@ -98,6 +96,7 @@ class Trainer:
         progress: bool,
         strategy: str,
         callbacks: dict[str, Callback] | None = None,
+        loggers: dict[str, Logger] | None = None,
     ):
         if not isinstance(max_epochs, int) or max_epochs < 0:
             raise ConfigError(f"trainer.max_epochs must be an integer >= 0, got {max_epochs}")
@@ -120,6 +119,7 @@ class Trainer:
         self.compile, self.channels_last = compile, channels_last
         self.show_progress = progress and distributed.is_main()
         self.callbacks = dict(callbacks or {})
+        self.loggers = dict(loggers or {})
 
     def steps_per_epoch(self, data: BatchedData) -> int:
         """Optimizer steps in one epoch of ``data`` (what per-step schedulers count in)."""
@@ -139,17 +139,15 @@ class Trainer:
         ckpt_path: str | Path | None = None,
     ) -> dict[str, float]:
         """Train, validate and checkpoint every epoch, then test the best model; returns metrics.json."""
+        run_dir = Path(run_dir)
         devices.configure_torch(self.num_threads, self.deterministic)
-        channels_last = self._use_channels_last(model)
-        model = self._prepare(model, channels_last)
+        channels_last = devices.use_channels_last(self.channels_last, model, self.device)
+        model = devices.prepare_model(model, self.device, channels_last, self.compile)
         data.to(self.device, channels_last=channels_last)
         train_model = model  # what the training step runs: under DDP, the wrapped model
         if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
             data.distribute(distributed.rank(), distributed.world_size())
-            device_ids = [self.device] if self.device.type == "cuda" else None
-            train_model = DistributedDataParallel(model, device_ids=device_ids)
+            train_model = distributed.wrap(model, self.device)
         state = TrainingState(
             model,
             optimizer,
@@ -161,51 +159,55 @@ class Trainer:
             config_yaml,
             self.monitor.name,
         )
-        checkpoints = checkpoint.RunCheckpoints(Path(run_dir))
+        checkpoints = checkpoint.RunCheckpoints(run_dir, self.monitor)
         if ckpt_path:
-            self._resume(state, checkpoints, Path(ckpt_path))
+            checkpoints.restore(state, Path(ckpt_path), self.device)
         loop = state.loop
 
         start = time.perf_counter()
-        outputs = RunOutputs(Path(run_dir), purge_step=loop.global_step)
-        outputs.write_layout(data.task.metric_names)
-        context = FitContext(model, data, self.monitor, outputs.writer, Path(run_dir), self.autocast, loop)
+        loggers = Loggers(self.loggers.values() if distributed.is_main() else ())  # rank 0 records
+        loggers.start(RunInfo(run_dir, hparams or {}, data.task.metric_names, loop.global_step, config_yaml))
+        context = FitContext(model, data, self.monitor, loggers, run_dir, self.autocast, loop)
+        results = None
         try:
-            with SignalCatcher() as signals:
+            with Preemption(self.ddp, self.log_every_n_steps) as preemption:
                 for callback in self.callbacks.values():
                     callback.on_fit_start(context)
                 while loop.epoch < self.max_epochs and not context.stop_requested:
-                    if self._stop_for_signal(signals, loop.global_step):  # arrived in validation or checkpointing
-                        self._save_interrupted(state, checkpoints, signals)
-                    train_metrics = self._train_epoch(state, train_model, data, outputs, signals, checkpoints)
+                    if preemption.requested(loop.global_step):  # arrived in validation or checkpointing
+                        preemption.stop(state, checkpoints)
+                    train_metrics = self._train_epoch(state, train_model, data, context, preemption, checkpoints)
                     val_metrics = self.evaluate(model, data, "val")
                     epoch_metrics = {**train_metrics, **val_metrics}
                     self._step_scheduler_on_epoch(state, epoch_metrics)
                     loop.epoch += 1
                     loop.batch_in_epoch = 0
-                    outputs.log_scalars(epoch_metrics, loop.global_step)
+                    loggers.log_epoch(epoch_metrics, loop.epoch, loop.global_step)
                     log.info("epoch %d/%d: %s", loop.epoch, self.max_epochs, format_metrics(epoch_metrics))
                     for callback in self.callbacks.values():  # before the checkpoint, which saves their state
                         callback.on_epoch_end(context, epoch_metrics)
                     context.stop_requested = distributed.from_main(context.stop_requested)  # rank 0 decides
-                    self._checkpoint(state, checkpoints, epoch_metrics)
+                    checkpoints.save_epoch(state, epoch_metrics)
                 # a signal from here on lets the run finish, then stops the process's next run (preemption)
-                results = self._test(model, data, checkpoints, outputs, context)
-                results["wall_time_s"] = round(time.perf_counter() - start, 3)
-                outputs.write_results(results, hparams or {})
-            if distributed.is_main():
-                print_summary(results, Path(run_dir))
-            return results
+                finished = self._test(model, data, checkpoints, context)
+                finished["wall_time_s"] = round(time.perf_counter() - start, 3)
+                outputs.write_metrics(run_dir, finished)
+                results = finished
+                for callback in self.callbacks.values():
+                    callback.on_fit_end(context, results)
         finally:
-            outputs.close()
+            loggers.finish(results)
+        if distributed.is_main():
+            print_summary(results, run_dir)
+        return results
 
     def _train_epoch(
         self,
         state: TrainingState,
         train_model: nn.Module,
         data: BatchedData,
-        outputs: RunOutputs,
-        signals: SignalCatcher,
+        context: FitContext,
+        preemption: Preemption,
         checkpoints: checkpoint.RunCheckpoints,
     ) -> dict[str, float]:
         loop = state.loop
@@ -213,27 +215,30 @@ class Trainer:
         metrics = state.epoch_train_metrics(DeferredMetrics(data.task, "train").to(self.device))
         total = self._limit(data.num_batches("train"))
         batches = data.train_batches(loop.epoch, start=loop.batch_in_epoch)
+        batch_callbacks = [c for c in self.callbacks.values() if overrides(c, "on_train_batch_end")]
         with Progress(f"epoch {loop.epoch + 1}/{self.max_epochs}", total, self.show_progress) as bar:
             bar.advance(loop.batch_in_epoch)
-            for x, y in _first(batches, total - loop.batch_in_epoch):
+            for x, y in itertools.islice(batches, total - loop.batch_in_epoch):
                 lr = state.optimizer.param_groups[0]["lr"]  # this step's; a per-step scheduler moves it
                 last = loop.batch_in_epoch + 1 == total
                 stepped = (loop.batch_in_epoch + 1) % self.accumulate == 0 or last
                 loss = self._train_step(state, train_model, data, x, y, metrics, stepped)
                 loop.batch_in_epoch += 1
+                for callback in batch_callbacks:
+                    callback.on_train_batch_end(context, loss)
                 # every n steps, and at an epoch's last step: a short run still draws its lr schedule
                 if stepped and (loop.global_step % self.log_every_n_steps == 0 or last):
-                    loss_value = self._check_finite(loss, loop, checkpoints)
-                    outputs.log_scalars({"train/loss_step": loss_value, "lr": lr}, loop.global_step)
+                    loss_value = check_finite(loss, loop, checkpoints.last)
+                    context.logger.log_metrics({"train/loss_step": loss_value, "lr": lr}, loop.global_step)
                     bar.set_loss(loss_value)
                 bar.advance()
-                if stepped and not last and self._stop_for_signal(signals, loop.global_step, at_step=True):
-                    self._check_finite(
-                        loss, loop, checkpoints
+                if stepped and not last and preemption.requested(loop.global_step, at_step=True):
+                    check_finite(
+                        loss, loop, checkpoints.last
                     )  # never replace a good checkpoint with a diverged one
-                    self._save_interrupted(state, checkpoints, signals)
+                    preemption.stop(state, checkpoints)
         values = {name: float(value) for name, value in metrics.compute().items()}
-        self._check_finite(values.get("train/loss", 0.0), loop, checkpoints)
+        check_finite(values.get("train/loss", 0.0), loop, checkpoints.last)
         return values
 
     def _train_step(
@@ -241,14 +246,14 @@ class Trainer:
         state: TrainingState,
         train_model: nn.Module,
         data: BatchedData,
-        x: torch.Tensor,
+        x: Inputs,
         y: torch.Tensor,
         metrics: DeferredMetrics,
         stepped: bool,
     ) -> torch.Tensor:
         """Forward and backward on one batch, then, if ``stepped``, an optimizer step."""
         with self.autocast():
-            outputs = train_model(x)
+            outputs = call(train_model, x)
             loss = data.task.loss(outputs, y, self.label_smoothing)
         weight = self._loss_weight(data, len(y), state.loop.batch_in_epoch)
         # a weight of 1 (no accumulation, one process) adds no multiplication to the graph: ~50 us a step
@@ -268,48 +273,20 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, data: BatchedData, split: str, on_batch: BatchHook | None = None):
         """Metrics over the whole ``val`` or ``test`` split (at most ``limit_batches`` batches)."""
-        batches = _first(data.batches(split), self._limit(data.num_batches(split)))
+        batches = itertools.islice(data.batches(split), self._limit(data.num_batches(split)))
         return evaluate(model, batches, data.task, split, self.device, self.autocast, on_batch)
-
-    def _use_channels_last(self, model: nn.Module) -> bool:
-        """``auto``: for convolutional models on the CPU, whose convolutions run 1.3x (training) to 2x
-        (evaluation) faster on channels-last images there, with the same results up to float rounding."""
-        if self.channels_last != "auto":
-            return self.channels_last
-        return self.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-    def _prepare(self, model: nn.Module, channels_last: bool) -> nn.Module:
-        """The model on the device, in channels-last memory order and compiled where configured."""
-        model = model.to(self.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.compile:
-            model.compile()  # in place, so the state dict keeps its keys (no "_orig_mod." prefix)
-        return model
 
     # -- pieces of the loop --------------------------------------------------------------------------
     def _loss_weight(self, data: BatchedData, n: int, batch_in_epoch: int) -> float:
-        """The factor on a batch's mean loss before backward: 1 / accumulate; and under DDP, which averages
-        the ranks' gradients, this rank's share of the global batch times the ranks, so that the gradient is
-        the global batch's mean whatever its split (equal to a single process's)."""
+        """The factor on a batch's mean loss before backward: 1 / accumulate, and under DDP this rank's share
+        of the global batch (``distributed.batch_share``)."""
         if not self.ddp:
             return 1 / self.accumulate
-        global_n = min(data.batch_size, data.num_samples("train") - batch_in_epoch * data.batch_size)
-        return n * data.world / global_n / self.accumulate
+        start = batch_in_epoch * data.batch_size
+        return distributed.batch_share(n, data.batch_size, start, data.num_samples("train")) / self.accumulate
 
     def _limit(self, n: int) -> int:
         return min(n, self.limit_batches) if self.limit_batches else n
-
-    def _check_finite(self, loss: torch.Tensor | float, loop, checkpoints: checkpoint.RunCheckpoints) -> float:
-        value = float(loss)
-        if not math.isfinite(value):
-            last = checkpoints.last
-            kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written"
-            raise TrainingError(
-                f"the training loss became {value} at epoch {loop.epoch + 1}, step {loop.global_step}; {kept}. "
-                "Lower optimizer.lr, or set trainer.grad_clip"
-            )
-        return value
 
     def _step_scheduler_on_epoch(self, state: TrainingState, metrics: dict[str, float]) -> None:
         scheduler = state.scheduler
@@ -320,47 +297,9 @@ class Trainer:
         else:
             scheduler.step()
 
-    # -- checkpoints and preemption ------------------------------------------------------------------
-    def _checkpoint(self, state: TrainingState, checkpoints: checkpoint.RunCheckpoints, metrics) -> None:
-        loop = state.loop
-        score = self.monitor.value(metrics)
-        improved = self.monitor.is_improvement(score, loop.best_score)
-        if improved:
-            loop.best_score, loop.best_epoch = score, loop.epoch
-            loop.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
-        checkpoints.write(state.state_dict(), best=improved)
-
-    def _resume(self, state: TrainingState, checkpoints: checkpoint.RunCheckpoints, ckpt_path: Path) -> None:
-        state.load_state_dict(checkpoint.load(ckpt_path, map_location=self.device), str(ckpt_path))
-        checkpoints.carry_best_over(ckpt_path.with_name("best.ckpt"), state.loop.best_epoch)
-        log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.loop.epoch, state.loop.global_step)
-
-    def _stop_for_signal(self, signals: SignalCatcher, global_step: int, at_step: bool = False) -> bool:
-        """Whether to stop for SIGTERM/SIGINT now. Under DDP all ranks must stop at the same step, so they
-        agree through a collective: at every epoch's start, and inside one every ``log_every_n_steps``."""
-        if self.ddp and at_step and global_step % self.log_every_n_steps:
-            return False
-        return signals.received(all_ranks=self.ddp)
-
-    def _save_interrupted(
-        self, state: TrainingState, checkpoints: checkpoint.RunCheckpoints, signals: SignalCatcher
-    ) -> None:
-        checkpoints.write(state.state_dict())
-        loop = state.loop
-        raise Interrupted(
-            f"stopped by {signals.name} at epoch {loop.epoch + 1}, step {loop.global_step}; saved {checkpoints.last}",
-            signals.signum,
-            checkpoints.last,
-        )
-
     # -- the end -------------------------------------------------------------------------------------
     def _test(
-        self,
-        model: nn.Module,
-        data: BatchedData,
-        checkpoints: checkpoint.RunCheckpoints,
-        outputs: RunOutputs,
-        context: FitContext,
+        self, model: nn.Module, data: BatchedData, checkpoints: checkpoint.RunCheckpoints, context: FitContext
     ) -> dict[str, Any]:
         """The test split with the best weights, once: its metrics, and its outputs for the callbacks."""
         weights = checkpoints.best_weights()
@@ -368,17 +307,19 @@ class Trainer:
             model.load_state_dict(weights)
         collected: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def on_batch(x: torch.Tensor, y: torch.Tensor, batch_outputs: torch.Tensor) -> None:
+        def on_batch(x: Inputs, y: torch.Tensor, batch_outputs: torch.Tensor) -> None:
             collected.append((batch_outputs.cpu(), y.cpu()))
             for callback in self.callbacks.values():
                 callback.on_test_batch_end(context, x, y, batch_outputs)
 
         test_metrics = self.evaluate(model, data, "test", on_batch)
         loop = context.loop
-        outputs.log_scalars(test_metrics, loop.global_step)
+        context.logger.log_test(test_metrics, loop.global_step)
         gathered = [pair for rank_pairs in distributed.gather(collected) for pair in rank_pairs]
         if gathered:
-            test = TestOutputs(torch.cat([o for o, _ in gathered]), torch.cat([t for _, t in gathered]))
+            test = TestOutputs(
+                torch.cat([o for o, _ in gathered]), torch.cat([t for _, t in gathered]), test_metrics
+            )
             for callback in self.callbacks.values():
                 callback.on_test_end(context, test)
         return {
@@ -390,3 +331,8 @@ class Trainer:
             "epochs": loop.epoch,
             "global_step": loop.global_step,
         }
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    """Whether ``callback``'s class implements ``hook`` (the base class's does nothing)."""
+    return getattr(type(callback), hook) is not getattr(Callback, hook)

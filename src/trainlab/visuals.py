@@ -1,16 +1,18 @@
-"""Pictures of a run for TensorBoard's Images and PR Curves tabs, because people would rather look than read.
+"""Pictures of a run for the loggers (TensorBoard's Images, Text and PR Curves tabs), because people would
+rather look than read.
 
-At the start, a grid of the first training batch as the model sees it (augmented), in image units. At test
-time, the confusion matrix, the test images the model got most confidently wrong with their true and
+At the start, the first training batch as the model sees it (augmented): for images a grid in image units.
+At test time, the confusion matrix, the test inputs the model got most confidently wrong with their true and
 predicted labels, and one precision-recall curve per class; for regression, predicted against true values.
 Drawn with PIL (no plotting library needed); ``predict.py`` saves the same confusion matrix as a PNG.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -20,9 +22,11 @@ from torchvision.utils import make_grid
 
 from trainlab import distributed
 from trainlab.callbacks import Callback, FitContext, TestOutputs
+from trainlab.dataloader.base import Inputs, sample
 
 if TYPE_CHECKING:
     from trainlab.dataloader import BatchedData
+    from trainlab.loggers import Logger
 
 FONT = ImageFont.load_default(size=11)
 INK, GRID = (40, 40, 40), (200, 200, 200)
@@ -117,70 +121,87 @@ def scatter_image(true: torch.Tensor, predicted: torch.Tensor, size: int = 360) 
     return image
 
 
-class TensorBoardPictures(Callback):
-    """Logs the pictures described in this module's docstring.
+class Pictures(Callback):
+    """Logs the pictures described in this module's docstring, through the run's loggers. How a batch of
+    inputs looks is the data set's to say (``BatchedData.show``: a grid of images, a table of texts; nothing
+    for table rows).
 
     Args:
-        num_images: images in the training grid and in the grid of misclassified test images.
+        num_images: inputs in the training grid and in the picture of misclassified test inputs.
     """
 
     def __init__(self, num_images: int):
         self.num_images = num_images
-        self._worst: tuple[torch.Tensor, ...] | None = None  # this rank's worst test images so far
+        self._worst: list[tuple[float, Any, int, int]] = []  # this rank's (p_true, sample, true, predicted)
 
     def on_fit_start(self, context: FitContext) -> None:
-        data = context.data
-        if context.loop.global_step or len(data.input_shape) != 3:  # resumed (logged already), or not images
+        if context.loop.global_step:  # resumed: logged already
             return
+        data = context.data
         x, y = next(iter(data.train_batches(0)))
-        x, y = data.untransform(x[: self.num_images]), y[: self.num_images]
-        context.writer.add_image("inputs/train", pil_to_tensor(labelled_grid(x, self._names(data, y))), 0)
+        y = y[: self.num_images]
+        samples = [sample(x, i) for i in range(len(y))]
+        captions = self._names(data, y) if data.task.is_classification else [f"{v:.4g}" for v in y.tolist()]
+        log_picture(context.logger, "inputs/train", data.show(samples, captions), 0)
 
     def on_test_batch_end(
-        self, context: FitContext, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor
+        self, context: FitContext, inputs: Inputs, targets: torch.Tensor, outputs: torch.Tensor
     ) -> None:
-        """Keep the ``num_images`` misclassified test images with the lowest probability of their true class
-        (image classifiers only): (images, true, predicted, probability)."""
+        """Keep the ``num_images`` misclassified test inputs with the lowest probability of their true class
+        (classifiers only)."""
         task = context.data.task
-        if not task.is_classification or len(context.data.input_shape) != 3:
+        if not task.is_classification:
             return
         outputs, targets = outputs.cpu(), targets.cpu()
         predicted = task.predict(outputs)
-        wrong = predicted != targets
         p_true = task.probabilities(outputs).gather(1, targets.view(-1, 1)).squeeze(1)
-        batch = (context.data.untransform(inputs[wrong.to(inputs.device)]).cpu(), targets[wrong], predicted[wrong])
-        self._worst = self._keep_worst([self._worst, (*batch, p_true[wrong])])
-
-    def _keep_worst(self, parts: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...] | None:
-        parts = [part for part in parts if part is not None]
-        if not parts:
-            return None
-        merged = tuple(torch.cat(column) for column in zip(*parts, strict=True))
-        keep = merged[3].argsort()[: self.num_images]
-        return tuple(column[keep] for column in merged)
+        wrong = (predicted != targets).nonzero().squeeze(1)
+        worst = wrong[p_true[wrong].argsort()[: self.num_images]].tolist()  # at most num_images per batch
+        kept = [(float(p_true[i]), sample(inputs, i, cpu=True), int(targets[i]), int(predicted[i])) for i in worst]
+        self._worst = self._keep_worst([self._worst, kept])
 
     def on_test_end(self, context: FitContext, test: TestOutputs) -> None:
-        data, writer, step = context.data, context.writer, context.loop.global_step
+        data, logger, step = context.data, context.logger, context.loop.global_step
         task = data.task
         worst = self._keep_worst(distributed.gather(self._worst))  # every rank's, so the worst of all
-        self._worst = None
+        self._worst = []
         if not task.is_classification:
-            picture = scatter_image(test.targets.float(), task.predict(test.outputs))
-            writer.add_image("test/predicted_vs_true", pil_to_tensor(picture), step)
+            logger.log_image(
+                "test/predicted_vs_true", scatter_image(test.targets.float(), task.predict(test.outputs)), step
+            )
             return
         classes = data.class_names
-        picture = confusion_matrix_image(task.predict(test.outputs), test.targets, classes)
-        writer.add_image("test/confusion_matrix", pil_to_tensor(picture), step)
+        logger.log_image(
+            "test/confusion_matrix",
+            confusion_matrix_image(task.predict(test.outputs), test.targets, classes),
+            step,
+        )
         probabilities = task.probabilities(test.outputs)
         for index, name in enumerate(classes):
-            tag = "test/pr_curve/" + re.sub(r"[^\w.-]+", "_", name)
-            writer.add_pr_curve(tag, test.targets == index, probabilities[:, index], step)
-        if worst is not None and len(worst[0]):
-            images, true, predicted, _ = worst
+            logger.log_pr_curve(
+                "test/pr_curve/" + re.sub(r"[^\w.-]+", "_", name),
+                test.targets == index,
+                probabilities[:, index],
+                step,
+            )
+        if worst:
+            _, samples, true, predicted = zip(*worst, strict=True)
             names = zip(self._names(data, true), self._names(data, predicted), strict=True)
             captions = [f"true {t}\npred {p}" for t, p in names]
-            writer.add_image("test/misclassified", pil_to_tensor(labelled_grid(images, captions)), step)
+            log_picture(logger, "test/misclassified", data.show(list(samples), captions), step)
+
+    def _keep_worst(self, parts: list[list[tuple]]) -> list[tuple]:
+        """The ``num_images`` items of ``parts`` with the lowest probability of the true class."""
+        return sorted(itertools.chain.from_iterable(parts), key=lambda item: item[0])[: self.num_images]
 
     @staticmethod
-    def _names(data: BatchedData, labels: torch.Tensor) -> list[str]:
-        return [data.class_names[i] for i in labels.tolist()]
+    def _names(data: BatchedData, labels: torch.Tensor | Sequence[int]) -> list[str]:
+        return [data.class_names[i] for i in torch.as_tensor(labels).tolist()]
+
+
+def log_picture(logger: Logger, tag: str, picture: Image.Image | str | None, step: int) -> None:
+    """A data set's picture of some inputs (``BatchedData.show``): an image, Markdown text, or nothing."""
+    if isinstance(picture, Image.Image):
+        logger.log_image(tag, picture, step)
+    elif picture is not None:
+        logger.log_text(tag, picture, step)

@@ -1,19 +1,23 @@
 """Data sets, their loading and what inference needs of them.
 
 ``base``: the interface the trainer uses (``BatchedData``); ``spec``: ``InputSpec``, the plain-data
-description of a model's inputs stored in checkpoints; ``tensors``: in-memory data sets (splits,
-normalisation, batching); ``builtin``: digits, scikit-learn tables, a synthetic line, MNIST-style images;
-``csv_table`` and ``image_folder``: a user's own table or folder of images; ``inputs``: reading prediction
-inputs from an ``InputSpec`` alone; ``cache``: decoded data cached on disk; ``augment``: batched
-augmentation of training images.
+description of a model's inputs stored in checkpoints; ``kinds``: the kinds of input (``image``, ``table``),
+one module each, with their in-memory data sets, preprocessing and readers, and the ``InputKind`` that
+inference gets from a spec; ``tensors``: in-memory data sets (splits, batching); ``builtin``: digits,
+scikit-learn tables, a synthetic line, MNIST-style images; ``csv_table`` and ``image_folder``: a user's own
+table or folder of images; ``cache``: decoded data cached on disk; ``augment``: batched augmentation of
+training images; ``folds``: k-fold cross-validation.
 """
 
 import importlib
 
 from trainlab.dataloader.base import Batch, BatchedData
 from trainlab.dataloader.builtin import Digits, LinearData, SklearnTable, TorchvisionImages
+from trainlab.dataloader.kinds import InputKind
+from trainlab.dataloader.kinds.image import ImageData
+from trainlab.dataloader.kinds.table import TableData
 from trainlab.dataloader.spec import InputSpec
-from trainlab.dataloader.tensors import ImageData, Splits, TableData, TensorData
+from trainlab.dataloader.tensors import Splits, TensorData
 from trainlab.errors import DataError
 
 __all__ = [
@@ -24,6 +28,7 @@ __all__ = [
     "Digits",
     "ImageData",
     "ImageFolderData",
+    "InputKind",
     "InputSpec",
     "LinearData",
     "SklearnTable",

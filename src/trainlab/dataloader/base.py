@@ -10,35 +10,64 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainlab.dataloader.spec import InputSpec, standardize
+from trainlab.dataloader.spec import InputSpec
 from trainlab.errors import DataError
 from trainlab.tasks import Task
 
 if TYPE_CHECKING:
-    from trainlab.dataloader.augment import Augment
+    from PIL import Image
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+    from trainlab.dataloader.augment import Augment
+    from trainlab.dataloader.kinds import InputKind
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a batch's model inputs: one tensor, or several (ids, lengths)
+Batch = tuple[Inputs, torch.Tensor]  # model inputs, targets
 Normalization = tuple[list[float], list[float]]  # per-channel (mean, std)
+
+
+def call(model: torch.nn.Module, x: Inputs) -> torch.Tensor:
+    """``model`` on a batch's inputs: ``model(x)``, or ``model(*x)`` where the batch carries several."""
+    return model(*as_tuple(x))
+
+
+def as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
+    """A batch's inputs as a tuple of tensors (of one, where there is one)."""
+    return x if isinstance(x, tuple) else (x,)
+
+
+def count(x: Inputs) -> int:
+    """The number of samples in a batch's inputs."""
+    return len(x[0] if isinstance(x, tuple) else x)
+
+
+def chunk(x: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start`` to ``stop`` of a batch's inputs (a view, of each tensor where there are several)."""
+    return tuple(t[start:stop] for t in x) if isinstance(x, tuple) else x[start:stop]
+
+
+def sample(x: Inputs, index: int, cpu: bool = False) -> Inputs:
+    """Sample ``index`` of a batch's inputs (of each tensor, where there are several); on the CPU if ``cpu``."""
+    if isinstance(x, tuple):
+        return tuple(sample(t, index, cpu) for t in x)
+    return x[index].cpu() if cpu else x[index]
 
 
 class BatchedData:
     """Batches already on the device and normalised; training batches alone pass through ``augment``,
     seeded per batch.
 
-    After ``setup()`` a subclass has ``task``, ``input_shape``, ``classes`` and the normalisation ``mean``
-    and ``std`` (shaped to broadcast over a batch), and ``input_spec()`` describes its inputs as plain data.
+    A data set is of one kind of input (``kinds/``: its class attribute ``kind``, an ``InputKind``
+    subclass). After ``setup()`` it has ``task`` and ``classes``, and ``input_spec()`` describes its inputs
+    as plain data: the kind's fields (``input_fields``) and what its task says.
     """
 
+    kind: type[InputKind]
     task: Task
-    input_shape: tuple[int, ...]
     classes: list[str] | None = None
-    mean: torch.Tensor
-    std: torch.Tensor
-    fill: torch.Tensor | None = None  # tables: the value of a missing raw value, per feature
     rank, world = 0, 1  # under DDP: this process's share of every batch (see ``distribute``)
 
     def __init__(self, batch_size: int, seed: int, augment: Augment | None):
@@ -61,17 +90,16 @@ class BatchedData:
             task=self.task.kind,
             num_classes=self.task.num_classes,
             classes=self.classes,
-            input_shape=list(self.input_shape),
-            mean=self.mean.flatten().tolist(),
-            std=self.std.flatten().tolist(),
+            kind=self.kind.name,
+            inputs=self.input_fields(),
             target_mean=self.task.target_mean,
             target_std=self.task.target_std,
-            **self.input_fields(),
         )
 
-    def input_fields(self) -> dict:
-        """The kind-specific fields of ``input_spec``: images here; tables add their columns."""
-        return {"kind": "image"}
+    def input_fields(self) -> dict[str, Any]:
+        """The kind's fields of ``input_spec`` (plain data): what reading and preprocessing raw inputs needs
+        (``InputKind``)."""
+        raise NotImplementedError
 
     @property
     def num_outputs(self) -> int:
@@ -121,19 +149,24 @@ class BatchedData:
         """The ``val`` or ``test`` split in order, never augmented."""
         raise NotImplementedError
 
+    def show(self, samples: list[Inputs], captions: list[str]) -> Image.Image | str | None:
+        """A picture of some samples' model inputs (``sample`` of a batch), each with its caption, for the
+        loggers: an image (a grid of images), Markdown text (a table of texts), or None where this kind of
+        input has none to show."""
+        return None
+
     def to(self, device: torch.device | str, channels_last: bool = False) -> BatchedData:
         """Serve batches on ``device``; images in channels-last memory order if asked (faster convolutions)."""
         raise NotImplementedError
 
-    def transform(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """Raw inputs to model inputs: the fitted normalisation (and, for tables, imputation); ``in_place``:
-        ``x`` may be overwritten."""
-        fill = None if self.fill is None else self.fill.to(x.device)
-        return standardize(x, self.mean.to(x.device), self.std.to(x.device), fill, in_place)
+    def transform(self, x: Inputs, in_place: bool = False) -> Inputs:
+        """Raw inputs to model inputs: the kind's fitted preprocessing (none here); ``in_place``: ``x`` may be
+        overwritten."""
+        return x
 
-    def untransform(self, x: torch.Tensor) -> torch.Tensor:
-        """Model inputs back to raw features (images in [0, 1]), for augmentation and pictures."""
-        return x * self.std.to(x.device) + self.mean.to(x.device)
+    def untransform(self, x: Inputs) -> Inputs:
+        """Model inputs back to raw inputs (images in [0, 1]), for augmentation, pictures and export checks."""
+        return x
 
     def _augment(self, raw: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
         """``augment`` applied to a raw training batch with a generator seeded by (seed, epoch, batch), so that

@@ -10,7 +10,9 @@ import torch
 from hydra.utils import to_absolute_path
 
 from trainlab.dataloader import cache
-from trainlab.dataloader.tensors import ImageData, Splits, TableData
+from trainlab.dataloader.kinds.image import ImageData
+from trainlab.dataloader.kinds.table import TableData
+from trainlab.dataloader.tensors import Splits
 from trainlab.errors import DataError
 from trainlab.tasks import Kind
 
@@ -45,12 +47,18 @@ class TorchvisionImages(ImageData):
     def _reader(self):
         import torchvision
 
-        return getattr(torchvision.datasets, self.name)
+        reader = getattr(torchvision.datasets, self.name, None)
+        if not isinstance(reader, type):
+            raise DataError(
+                f"dataset.name={self.name} is not one of torchvision's data sets; e.g. MNIST, FashionMNIST, CIFAR10"
+            )
+        return reader
 
     def _read(self, train: bool):
+        reader = self._reader()
         try:
-            return self._reader()(str(self.root), train=train, download=self.download)
-        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError... when offline
+            return reader(str(self.root), train=train, download=self.download)
+        except (RuntimeError, OSError) as error:  # missing files; offline: URLError (an OSError)
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = lines[-1] if lines else type(error).__name__  # the last line holds the network's answer
             missing = f"could not be downloaded ({reason})" if self.download else "dataset.download is false"

@@ -2,9 +2,9 @@
 standardised, text columns one-hot encoded, missing values dropped or imputed, the task read off the target
 column.
 
-The file is read with pandas and pyarrow's CSV parser (``inputs.read_table``: pandas is everywhere in data
+The file is read with pandas and pyarrow's CSV parser (``kinds.table.read_table``: pandas is everywhere in data
 work, and pyarrow parses in parallel, a 300,000-row CSV in a fraction of a second) and encoded column by
-column, vectorised (``inputs.encode_features``), by the same code that encodes new rows at inference.
+column, vectorised (``kinds.table.encode_features``), by the same code that encodes new rows at inference.
 Everything fitted (columns, categories, training means and standard deviations, class names) is part of the
 data set's ``InputSpec``, which the checkpoint stores: ``predict.py input=rows.csv`` and a server encode new
 rows exactly as the training rows were encoded, without the training file.
@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from hydra.utils import to_absolute_path
 
-from trainlab.dataloader.inputs import (
+from trainlab.dataloader.kinds.table import (
+    TableData,
     all_numbers,
     as_text,
     encode_features,
@@ -30,7 +31,7 @@ from trainlab.dataloader.inputs import (
     factorize_text,
     read_table,
 )
-from trainlab.dataloader.tensors import Splits, TableData
+from trainlab.dataloader.tensors import Splits
 from trainlab.errors import DataError
 from trainlab.tasks import Kind
 

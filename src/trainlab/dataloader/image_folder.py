@@ -25,7 +25,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import to_absolute_path
@@ -34,13 +33,10 @@ from torchvision.datasets import ImageFolder
 
 from trainlab.dataloader import cache
 from trainlab.dataloader.base import Batch, Normalization
-from trainlab.dataloader.inputs import read_class_folders
-from trainlab.dataloader.tensors import ImageData, Splits, split_samples
+from trainlab.dataloader.kinds.image import ImageData, read_class_folders
+from trainlab.dataloader.tensors import Splits, split_samples
 from trainlab.errors import DataError
 from trainlab.progress import Progress
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

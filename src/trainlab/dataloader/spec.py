@@ -2,7 +2,8 @@
 
 A checkpoint stores ``InputSpec.to_dict()`` (under ``"input_spec"``), so prediction, export and serving
 read new inputs and preprocess them exactly as training did from the checkpoint alone, without the training
-data set. Every data set makes its spec with ``input_spec()``.
+data set. Every data set makes its spec with ``input_spec()``; its kind of input (``kinds/``) says what its
+``inputs`` hold and how they are used.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from trainlab.errors import CheckpointError, DataError
+from trainlab.errors import CheckpointError
 from trainlab.tasks import Kind, Task
+
+if TYPE_CHECKING:
+    from trainlab.dataloader.kinds import InputKind
 
 
 def standardize(
@@ -35,6 +40,20 @@ def standardize(
     return (x.sub_(mean) if own else x - mean).div_(std)  # one new tensor at most
 
 
+class Standardize(nn.Module):
+    """``standardize`` as a module of fitted buffers: the preprocessing of images and table rows in a served
+    or exported model (``InputKind.preprocessing``), in torch and in ONNX alike."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, fill: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.register_buffer("fill", fill)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return standardize(raw, self.mean, self.std, self.fill)
+
+
 @dataclass
 class InputSpec:
     """Everything inference needs about a model's inputs and outputs; only str, int, float, bool, None, lists
@@ -44,35 +63,20 @@ class InputSpec:
         task: ``multiclass``, ``binary`` or ``regression``.
         num_classes: classes of a classifier (2 for binary); 0 for regression.
         classes: the classes' names, index order; None where the data set names none (then ``"0"``, ``"1"``...).
-        input_shape: one sample's shape as the model takes it: [channels, height, width] for images (the
-            size images are resized to), [features] for tables.
-        kind: ``image`` or ``table``: how raw inputs are read (``trainlab.dataloader.inputs``).
-        mean, std: the fitted normalisation, per channel (images) or per encoded feature (tables); model
-            input = (raw - mean) / std, raw images being in [0, 1].
+        kind: the kind of input (``image``, ``table``...): the ``InputKind`` that reads, preprocesses, serves
+            and exports them (``dataloader/kinds/``).
+        inputs: the kind's own fields, as its module documents them (e.g. ``input_shape``, the fitted
+            ``mean`` and ``std``, a table's ``columns``).
         target_mean, target_std: regression only: the model predicts (target - target_mean) / target_std.
-        dtype: of the model inputs.
-        target: tables: the target column's name, read for metrics where a file of new rows has it.
-        columns: tables: the raw columns in encoding order, each ``{"name", "type": "number", "fill"}`` (fill:
-            the training mean, imputed for a missing value) or ``{"name", "type": "category", "categories":
-            [...]}`` (one-hot, one feature per training category; missing or unseen: all zeros).
-        feature_names: tables: the encoded features' names (``age``, ``colour=red``...), ``input_shape[0]``.
-        na_values: tables: cell texts that mean "missing"; None: pandas' default set.
     """
 
     task: Kind
     num_classes: int
     classes: list[str] | None
-    input_shape: list[int]
-    kind: Literal["image", "table"]
-    mean: list[float]
-    std: list[float]
+    kind: str
+    inputs: dict[str, Any] = field(default_factory=dict)
     target_mean: float = 0.0
     target_std: float = 1.0
-    dtype: str = "float32"
-    target: str | None = None
-    columns: list[dict[str, Any]] = field(default_factory=list)
-    feature_names: list[str] | None = None
-    na_values: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,43 +99,16 @@ class InputSpec:
     def task_object(self) -> Task:
         return Task(self.task, self.num_classes, self.target_mean, self.target_std)
 
+    def input_kind(self) -> InputKind:
+        """The kind of these inputs, which reads, preprocesses, serves and exports them."""
+        from trainlab.dataloader.kinds import InputKind
+
+        return InputKind.of(self)
+
     @property
     def class_names(self) -> list[str]:
         """The classes' names; their indices where the data set names none."""
         return self.classes or [str(i) for i in range(self.num_classes)]
-
-    def stat_shape(self) -> tuple[int, ...]:
-        """The shape ``mean`` and ``std`` broadcast with: (C, 1, 1) for images, (F,) for tables."""
-        return (self.input_shape[0],) + (1,) * (len(self.input_shape) - 1)
-
-    def fill(self) -> torch.Tensor | None:
-        """Tables: the value imputed for a missing raw value, per encoded feature (one-hot features are never
-        missing: 0); images: None."""
-        if self.kind != "table":
-            return None
-        return torch.tensor(
-            [
-                v
-                for c in self.columns
-                for v in ([c["fill"]] if c["type"] == "number" else [0.0] * len(c["categories"]))
-            ]
-        )
-
-    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (N, *input_shape), as ``inputs.read_inputs`` returns them, to model inputs."""
-        if list(raw.shape[1:]) != list(self.input_shape):
-            raise DataError(
-                f"inputs of shape {tuple(raw.shape[1:])} do not fit this model, which expects "
-                f"{tuple(self.input_shape)}"
-            )
-        shape, device = self.stat_shape(), raw.device
-        fill = self.fill()
-        return standardize(
-            raw,
-            torch.tensor(self.mean).view(shape).to(device),
-            torch.tensor(self.std).view(shape).to(device),
-            None if fill is None else fill.to(device),
-        )
 
     def difference(self, other: InputSpec) -> str | None:
         """The first field in which ``other`` differs from this spec (numbers compared to 1e-5), or None."""

@@ -12,15 +12,15 @@ in ``conf/dataset/`` that names it with ``_target_``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torchvision.transforms.v2.functional import to_dtype
 
-from trainlab.dataloader.base import Batch, BatchedData, Normalization
+from trainlab.dataloader.base import Batch, BatchedData, Inputs, Normalization
+from trainlab.dataloader.spec import standardize
 from trainlab.errors import DataError
 from trainlab.tasks import Kind, Task
 
@@ -53,10 +53,13 @@ class Splits:
     y_val: torch.Tensor | None = None
 
 
-def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[index]`` along the first dimension, in ``x``'s memory order, by ``index_select``: a row copy, 5x
-    faster than indexing for a batch of 100 MNIST images (10 us against 50 us on a CPU: 1-2% of a small
-    model's step). Channels-last images are selected as (N, H, W, C) rows, so that they stay channels-last."""
+def rows(x: Inputs, index: torch.Tensor) -> Inputs:
+    """``x[index]`` along the first dimension (of each tensor, where there are several), in ``x``'s memory
+    order, by ``index_select``: a row copy, 5x faster than indexing for a batch of 100 MNIST images (10 us
+    against 50 us on a CPU: 1-2% of a small model's step). Channels-last images are selected as (N, H, W, C)
+    rows, so that they stay channels-last."""
+    if isinstance(x, tuple):
+        return tuple(rows(t, index) for t in x)
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
     return x.index_select(0, index)
@@ -113,7 +116,9 @@ def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
 
 
 class TensorData(BatchedData):
-    """A data set held in memory as tensors: splits, normalisation and batching.
+    """A data set held in memory as tensors: the split and batching, whatever the inputs' dtypes, one tensor
+    or several per sample. What the loaded samples become (floats, standardised...) is the kind's to say: its
+    ``split_inputs``, ``fit_preprocessing`` and ``transform`` (``StandardizedData``; ``kinds/``).
 
     Args:
         task: multiclass, binary or regression; None where ``load()`` decides it.
@@ -121,7 +126,7 @@ class TensorData(BatchedData):
         val_fraction: share of the training portion held out for validation, in [0, 1).
         test_fraction: share held out for testing; None for data sets with an official test split.
         seed: fixes the splits and every epoch's order.
-        normalize: standardise the inputs (how: ``ImageData``, ``TableData``).
+        normalize: preprocess the inputs as the kind does (images and tables: standardise them).
         augment: batched augmentation of training batches (``conf/augment/``); None: none.
         cv: the fold of k-fold cross-validation (``conf/cv/``) that replaces the ``val_fraction`` split;
             None: none.
@@ -166,26 +171,33 @@ class TensorData(BatchedData):
             cv=self.cv,
         )
         self.indices = {name: indices.get(name) for name in ("train", "val", "test")}  # test: None if official
-        for name in ("train", "val", "test"):  # each split's own float copy, normalised in place below
+        for name in ("train", "val", "test"):  # each split's own copy, preprocessed in place below
             if name in indices:
-                setattr(self, f"x_{name}", as_float(rows(x, indices[name])))
+                setattr(self, f"x_{name}", self.split_inputs(x, indices[name]))
                 setattr(self, f"y_{name}", y[indices[name]])
             else:
-                setattr(self, f"x_{name}", as_float(getattr(splits, f"x_{name}"), copy=True))
+                setattr(self, f"x_{name}", self.split_inputs(getattr(splits, f"x_{name}")))
                 setattr(self, f"y_{name}", getattr(splits, f"y_{name}"))
         del x
 
-        self.input_shape = tuple(self.x_train.shape[1:])
+        if isinstance(self.x_train, torch.Tensor):  # one tensor per sample: its shape
+            self.input_shape = tuple(self.x_train.shape[1:])
         self.fit_preprocessing(splits, normalization)
         for name in ("x_train", "x_val", "x_test"):  # in place: no second copy of the data set (0.1 s for MNIST)
             setattr(self, name, self.transform(getattr(self, name), in_place=True))
         self.task = self.make_task(splits.kind or self.task_kind)
         return self
 
+    def split_inputs(self, x: Inputs, index: torch.Tensor | None = None) -> Inputs:
+        """A split's own copy of the loaded inputs ``x`` (its rows ``index``; all of them: None), which
+        ``transform`` may overwrite."""
+        if index is not None:
+            return rows(x, index)
+        return tuple(t.clone() for t in x) if isinstance(x, tuple) else x.clone()
+
     def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
-        """Set ``mean`` and ``std`` (and ``fill``) from the settings or the training split; ``normalization``:
+        """Fit the kind's preprocessing on the training split (``x_train``), from the settings; ``normalization``:
         what a pretrained model expects (images, see ``ImageData.choose_normalization``)."""
-        raise NotImplementedError
 
     def make_task(self, kind: Kind) -> Task:
         num_classes = len(self.classes) if self.classes else int(self.y_train.max()) + 1
@@ -193,20 +205,13 @@ class TensorData(BatchedData):
             raise DataError(f"a binary task needs 2 classes, this data set has {num_classes}")
         return Task(kind, num_classes=num_classes)
 
-    def fitted_statistics(self, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of the training inputs over ``dims``."""
-        return self.x_train.mean(dims), self.x_train.std(dims).clamp_min(1e-6)
-
     # -- batching ------------------------------------------------------------------------------------
     def to(self, device: torch.device | str, channels_last: bool = False) -> TensorData:
         """Move every split to ``device`` once, so that batching is an index on the device; ``channels_last``
         stores images as (N, H, W, C) in memory, which convolutions run faster on, and batches keep it."""
         self.device = torch.device(device)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            tensor = getattr(self, name).to(self.device)
-            if channels_last and tensor.dim() == 4:
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-            setattr(self, name, tensor)
+            setattr(self, name, on_device(getattr(self, name), self.device, channels_last))
         return self
 
     def num_samples(self, split: str) -> int:
@@ -235,104 +240,35 @@ class TensorData(BatchedData):
                 yield rows(x, index), rows(y, index)
 
 
-class ImageData(TensorData):
-    """Images as (N, C, H, W) float tensors in [0, 1], always a multiclass task.
-
-    Args:
-        mean, std: per channel (used where ``normalize`` is true); null: what a pretrained model expects
-            (``setup(normalization)``, where it has as many channels), else fitted on the training split.
-    """
-
-    def __init__(self, *, mean: Sequence[float] | None, std: Sequence[float] | None, **settings):
-        super().__init__(task="multiclass", **settings)
-        self.mean_setting, self.std_setting = mean, std
-
-    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
-        self.mean, self.std = self.choose_normalization(normalization, lambda: self.fitted_statistics([0, 2, 3]))
-
-    def choose_normalization(
-        self, pretrained: Normalization | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel (mean, std), shaped (C, 1, 1): none (0 and 1) where ``normalize`` is false; else
-        ``dataset.mean``/``std`` where given; else what a ``pretrained`` model expects, if it is for this
-        many channels; else ``fit()``: statistics of the training split."""
-        channels = self.input_shape[0]
-        shape = (channels, 1, 1)
-        if not self.normalize:
-            return torch.zeros(shape), torch.ones(shape)
-        for name, values in (("mean", self.mean_setting), ("std", self.std_setting)):
-            if values is not None and len(values) != channels:
-                raise DataError(
-                    f"dataset.{name} has {len(values)} values for {channels}-channel images; give {channels}, "
-                    "or null to fit it on the training split"
-                )
-        mean, std = self.mean_setting, self.std_setting
-        if mean is None or std is None:
-            default = pretrained if pretrained is not None and len(pretrained[0]) == channels else fit()
-            mean = default[0] if mean is None else mean
-            std = default[1] if std is None else std
-        return torch.as_tensor(mean).float().reshape(shape), torch.as_tensor(std).float().reshape(shape)
+def on_device(x: Inputs, device: torch.device, channels_last: bool = False) -> Inputs:
+    """``x`` (each tensor, where there are several) on ``device``; images (4-d) channels-last if asked."""
+    if isinstance(x, tuple):
+        return tuple(on_device(t, device, channels_last) for t in x)
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-class TableData(TensorData):
-    """Rows of features (N, F): numbers standardised with training-split statistics, one-hot features kept
-    0/1, missing numbers (NaN) imputed with the training mean.
+class StandardizedData(TensorData):
+    """Float inputs standardised with the mean and std of the training split, missing values (NaN) filled
+    first: what images and table rows share. Loaded uint8 images are scaled to [0, 1] a split at a time."""
 
-    Args:
-        standardize_target: regression targets only: the model learns standardised targets; metrics and
-            predictions stay in the data's units.
-    """
+    mean: torch.Tensor
+    std: torch.Tensor
+    fill: torch.Tensor | None = None  # tables: the value of a missing raw value, per feature
 
-    target = "target"  # the target column's name in files of new rows
-    na_values: list[str] | None = None  # cell texts that mean "missing" in such files; None: pandas' set
+    def split_inputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        return as_float(rows(x, index)) if index is not None else as_float(x, copy=True)
 
-    def __init__(self, *, standardize_target: bool, **settings):
-        super().__init__(**settings)
-        self.standardize_target = standardize_target
+    def fitted_statistics(self, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the training inputs over ``dims``."""
+        return self.x_train.mean(dims), self.x_train.std(dims).clamp_min(1e-6)
 
-    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
-        self.columns = splits.columns or [{"name": name, "type": "number"} for name in self.feature_names]
-        # numpy for the mean and the imputation (its row reductions are fast); the std in torch, with no float64
-        # copy of the split (a fresh 8-byte copy of a large table costs more than the reduction)
-        x = self.x_train.numpy()
-        missing = np.isnan(x)
-        if missing.any():
-            present = np.maximum((~missing).sum(0), 1)
-            fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
-            x = np.where(missing, fill.astype(np.float32), x)
-        else:
-            fill = x.mean(0, dtype=np.float64)
-        self.fill, self.x_train = torch.from_numpy(fill).float(), torch.from_numpy(x)
-        features = self.input_shape[0]
-        if self.normalize:  # the mean of the imputed values is the mean of the present ones: ``fill``
-            self.mean = self.fill.clone()
-            self.std = self.x_train.std(0).clamp_min(1e-6)  # torch's: no float64 copy of the split
-        else:
-            self.mean, self.std = torch.zeros(features), torch.ones(features)
-        one_hot = torch.tensor(
-            [c["type"] == "category" for c in self.columns for _ in c.get("categories", [None])]
-        )
-        self.mean, self.std = self.mean.masked_fill(one_hot, 0.0), self.std.masked_fill(one_hot, 1.0)
+    def transform(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """Raw inputs to model inputs: the fitted imputation and normalisation; ``in_place``: ``x`` may be
+        overwritten."""
+        fill = None if self.fill is None else self.fill.to(x.device)
+        return standardize(x, self.mean.to(x.device), self.std.to(x.device), fill, in_place)
 
-    def make_task(self, kind: Kind) -> Task:
-        if kind != "regression":
-            return super().make_task(kind)
-        self.y_train, self.y_val, self.y_test = self.y_train.float(), self.y_val.float(), self.y_test.float()
-        if self.standardize_target:
-            y = self.y_train
-            return Task(kind, target_mean=y.mean().item(), target_std=max(y.std().item(), 1e-6))
-        return Task(kind)
-
-    def input_fields(self) -> dict:
-        fill = iter(self.fill.tolist())
-        columns = []
-        for column in self.columns:  # the fill of a number column is its feature's; one-hot ones skip theirs
-            fills = [next(fill) for _ in column.get("categories", [None])]
-            columns.append({**column, "fill": fills[0]} if column["type"] == "number" else dict(column))
-        return {
-            "kind": "table",
-            "target": self.target,
-            "columns": columns,
-            "feature_names": self.feature_names,
-            "na_values": self.na_values,
-        }
+    def untransform(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs back to raw features (images in [0, 1]), for augmentation and pictures."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)

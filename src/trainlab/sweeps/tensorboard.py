@@ -16,7 +16,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.outputs import experiment_summary, flat_hparams
+from trainlab.loggers.tensorboard import experiment_summary
+from trainlab.outputs import flat_hparams
 
 EXPERIMENT_DIR = "tensorboard"
 

@@ -1,124 +1,175 @@
-"""Reading inputs from an ``InputSpec`` alone: image files resized as training did, and table rows (a file,
-a DataFrame or JSON-like dicts) encoded as the training rows were. ``read_inputs(spec, path)`` is what
-``predict.py input=...`` calls; the training data sets use the same functions, so that there is one reader
-and one encoding.
+"""Table rows: the kind of input of scikit-learn's tables, the synthetic line and a user's CSV, TSV or
+Parquet file (``dataset=csv``).
+
+Raw inputs are encoded features (N, F): number columns as they are (NaN: missing), category columns one-hot
+over their training categories; the model takes them imputed (the training mean) and standardised. The
+spec's ``inputs`` hold ``input_shape`` ([features]), the per-feature ``mean`` and ``std``, the ``target``
+column's name, the raw ``columns`` in encoding order (each ``{"name", "type": "number", "fill"}``, fill: the
+training mean imputed for a missing value, or ``{"name", "type": "category", "categories": [...]}``),
+``feature_names`` (``age``, ``colour=red``...) and ``na_values`` (cell texts that mean "missing"; None:
+pandas' default set). A request sends rows as JSON objects (``"rows"``).
 
 Tables are read with pandas, with pyarrow's multi-threaded CSV parser (``engine="pyarrow"``): pandas is
 everywhere in data work, reads CSV, TSV and Parquet alike, and with pyarrow a 300,000-row CSV takes a
-fraction of a second; encoding is vectorised per column (``pd.to_numeric``, category codes by ``pd.Index.get_indexer``).
+fraction of a second; encoding is vectorised per column (``pd.to_numeric``, category codes by
+``pd.Index.get_indexer``), the one encoding of training and inference.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from trainlab.dataloader.spec import InputSpec
+from trainlab.dataloader.base import Normalization
+from trainlab.dataloader.kinds import InputKind, Read
+from trainlab.dataloader.spec import Standardize
+from trainlab.dataloader.tensors import Splits, StandardizedData
 from trainlab.errors import DataError
+from trainlab.tasks import Kind, Task
+
+if TYPE_CHECKING:
+    from trainlab.dataloader.spec import InputSpec
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet"}
 ROW_BLOCK = 8192  # rows of a table encoded at a time: with 35 features, about 1 MiB, which stays in the cache
-Inputs = tuple[list[str], torch.Tensor, torch.Tensor | None]  # names, raw inputs, targets where known
 
 
-def read_inputs(spec: InputSpec, path: Path) -> Inputs:
-    """Prediction inputs from ``path``: their names, raw inputs (``spec.normalize`` makes model inputs of
-    them) and, where the file says, targets (class indices or values)."""
-    if not path.exists():
-        raise DataError(f"input={path} does not exist; pass an image, a folder of images or a CSV file")
-    return read_images(spec, path) if spec.kind == "image" else read_rows(spec, path)
+class TableKind(InputKind):
+    name = "table"
+    description = "table rows"
+    files = "a CSV, TSV or Parquet file"
+    request_field = "rows"
+    request_type = dict[str, Any]
+    request_description = "table rows: {column: value}; null or absent: missing"
+
+    def preprocessing(self) -> nn.Module:
+        fields = self.spec.inputs
+        return Standardize(torch.tensor(fields["mean"]), torch.tensor(fields["std"]), self.fill())
+
+    def fill(self) -> torch.Tensor:
+        """The value imputed for a missing raw value, per encoded feature (one-hot features are never
+        missing: 0)."""
+        return torch.tensor(
+            [
+                value
+                for column in self.spec.inputs["columns"]
+                for value in (
+                    [column["fill"]] if column["type"] == "number" else [0.0] * len(column["categories"])
+                )
+            ]
+        )
+
+    def example(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Rows around the training statistics, every other row missing its first number (filled inside the
+        model)."""
+        fields = self.spec.inputs
+        generator = torch.Generator().manual_seed(seed)
+        raw = torch.randn(n, *fields["input_shape"], generator=generator)
+        raw = raw * torch.tensor(fields["std"]) + torch.tensor(fields["mean"])
+        numbers = [i for i, name in enumerate(fields["feature_names"] or []) if "=" not in name]
+        if numbers:
+            raw[::2, numbers[0]] = float("nan")
+        return raw
+
+    def read(self, path: Path) -> Read:
+        return read_rows(self.spec, path)
+
+    def from_request(self, values: list[Any]) -> torch.Tensor:
+        """JSON rows, every key a column of the training table (the target's too, ignored)."""
+        fields = self.spec.inputs
+        known = {column["name"] for column in fields["columns"]} | {fields["target"]}
+        for i, row in enumerate(values):
+            if not isinstance(row, dict):
+                raise DataError(f"rows[{i}] is not an object of column: value")
+            nested = [name for name, value in row.items() if isinstance(value, dict | list)]
+            if nested:
+                raise DataError(f"rows[{i}][{nested[0]!r}] is not a number or text: a cell holds one value")
+            unknown = sorted(set(row) - known)
+            if unknown:
+                raise DataError(
+                    f"rows[{i}] has unknown column(s) {', '.join(unknown)}; the model's columns are "
+                    f"{', '.join(c['name'] for c in fields['columns'])}"
+                )
+        return encode_rows(self.spec, values, "the rows")
 
 
-# -- images ------------------------------------------------------------------------------------------
-def image_transform(input_shape: Sequence[int], to_float: bool = True) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> (C, H, W) float tensor in [0, 1]: resized to the trained size, grey if 1 channel; with
-    ``to_float=False`` its uint8 pixels (what a decoded image folder keeps). A picklable function (DataLoader
-    workers get it)."""
-    return functools.partial(_to_tensor, tuple(input_shape), to_float)
+class TableData(StandardizedData):
+    """Rows of features (N, F): numbers standardised with training-split statistics, one-hot features kept
+    0/1, missing numbers (NaN) imputed with the training mean.
+
+    Args:
+        standardize_target: regression targets only: the model learns standardised targets; metrics and
+            predictions stay in the data's units.
+    """
+
+    kind = TableKind
+    target = "target"  # the target column's name in files of new rows
+    na_values: list[str] | None = None  # cell texts that mean "missing" in such files; None: pandas' set
+
+    def __init__(self, *, standardize_target: bool, **settings):
+        super().__init__(**settings)
+        self.standardize_target = standardize_target
+
+    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
+        self.columns = splits.columns or [{"name": name, "type": "number"} for name in self.feature_names]
+        # numpy for the mean and the imputation (its row reductions are fast); the std in torch, with no float64
+        # copy of the split (a fresh 8-byte copy of a large table costs more than the reduction)
+        x = self.x_train.numpy()
+        missing = np.isnan(x)
+        if missing.any():
+            present = np.maximum((~missing).sum(0), 1)
+            fill = np.where(missing, 0, x).sum(0, dtype=np.float64) / present  # the training mean (0: none there)
+            x = np.where(missing, fill.astype(np.float32), x)
+        else:
+            fill = x.mean(0, dtype=np.float64)
+        self.fill, self.x_train = torch.from_numpy(fill).float(), torch.from_numpy(x)
+        features = self.input_shape[0]
+        if self.normalize:  # the mean of the imputed values is the mean of the present ones: ``fill``
+            self.mean = self.fill.clone()
+            self.std = self.x_train.std(0).clamp_min(1e-6)  # torch's: no float64 copy of the split
+        else:
+            self.mean, self.std = torch.zeros(features), torch.ones(features)
+        one_hot = torch.tensor(
+            [c["type"] == "category" for c in self.columns for _ in c.get("categories", [None])]
+        )
+        self.mean, self.std = self.mean.masked_fill(one_hot, 0.0), self.std.masked_fill(one_hot, 1.0)
+
+    def make_task(self, kind: Kind) -> Task:
+        if kind != "regression":
+            return super().make_task(kind)
+        self.y_train, self.y_val, self.y_test = self.y_train.float(), self.y_val.float(), self.y_test.float()
+        if self.standardize_target:
+            y = self.y_train
+            return Task(kind, target_mean=y.mean().item(), target_std=max(y.std().item(), 1e-6))
+        return Task(kind)
+
+    def input_fields(self) -> dict[str, Any]:
+        fill = iter(self.fill.tolist())
+        columns = []
+        for column in self.columns:  # the fill of a number column is its feature's; one-hot ones skip theirs
+            fills = [next(fill) for _ in column.get("categories", [None])]
+            columns.append({**column, "fill": fills[0]} if column["type"] == "number" else dict(column))
+        return {
+            "input_shape": list(self.input_shape),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "target": self.target,
+            "columns": columns,
+            "feature_names": self.feature_names,
+            "na_values": self.na_values,
+        }
 
 
-def _to_tensor(input_shape: tuple[int, int, int], to_float: bool, image) -> torch.Tensor:
-    """What torchvision's ``resize`` (bilinear), ``rgb_to_grayscale``, ``pil_to_tensor`` and ``to_dtype(scale=True)``
-    make of a PIL image, bit for bit, in plain PIL and numpy calls: at a server's small images their
-    dispatch and torch's per-call cost were most of the time (a 28x28 grey image: 56 us then, 14 now)."""
-    from PIL import Image
-
-    channels, height, width = input_shape
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    if channels == 1 and image.mode != "L":  # images are read as RGB (grey files as they are: read_image)
-        image = image.convert("L")
-    pixels = np.asarray(image).reshape(height, width, -1).transpose(2, 0, 1)  # a read-only view
-    if to_float:  # uint8 to float32, then times 1 / 255 in float32: torch's arithmetic, in numpy
-        return torch.from_numpy(np.multiply(pixels, 1 / 255, dtype=np.float32))
-    return torch.from_numpy(pixels.copy())
-
-
-def image_files(path: Path) -> list[Path]:
-    """``path`` itself, or the image files in the folder ``path`` in name order."""
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-    return files
-
-
-def read_class_folders(folder: Path, input_shape: Sequence[int], to_float: bool = True):
-    """torchvision's ImageFolder of ``folder/<class>/<image>`` (images as ``image_transform`` makes them), or a
-    one-line error."""
-    from torchvision.datasets import ImageFolder
-
-    try:
-        return ImageFolder(str(folder), transform=image_transform(input_shape, to_float))
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(
-            f"{folder}: {error}; expected one sub-folder of images per class (root/<class>/<image>), "
-            "optionally under root/train, root/val, root/test"
-        ) from None
-
-
-def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None) -> torch.Tensor:
-    """One image file (or file object, ``name`` saying which: a server's upload) as the model's raw input
-    (C, H, W) in [0, 1]. A file that is no image, or a truncated or oversized one, is a ``DataError``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            grey = image.mode == "L" and input_shape[0] == 1  # as RGB and back to grey: the same pixels
-            return image_transform(input_shape)(image if grey else image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise DataError(f"{name or path} is not an image; this model predicts on image files") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's decoding errors
-        raise DataError(f"{name or path} is not a readable image ({error})") from None
-
-
-def read_images(spec: InputSpec, path: Path) -> Inputs:
-    """An image, a folder of images, or a folder of class folders (then the labels come along)."""
-    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
-        folder = read_class_folders(path, spec.input_shape)
-        unknown = sorted(set(folder.classes) - set(spec.class_names))
-        if unknown:
-            raise DataError(
-                f"{path}: class folders {unknown} are not among the training classes {spec.class_names}"
-            )
-        labels = torch.tensor([spec.class_names.index(folder.classes[t]) for t in folder.targets])
-        images = torch.stack([folder[i][0] for i in range(len(folder))])
-        return [p for p, _ in folder.samples], images, labels
-    files = image_files(path)
-    return [str(f) for f in files], torch.stack([read_image(f, spec.input_shape) for f in files]), None
-
-
-# -- tables ------------------------------------------------------------------------------------------
 def read_table(path: Path, na_values: Sequence[str] | None = None) -> pd.DataFrame:
     """A CSV (``.tsv``: tab-separated) or Parquet file as a DataFrame; cells in ``na_values`` (None: pandas'
     default set) are missing. Every way it can fail is a one-line ``DataError``."""
@@ -274,9 +325,9 @@ def encode_features(
 def encode_rows(
     spec: InputSpec, rows: pd.DataFrame | Sequence[dict[str, Any]], source: str = "the rows"
 ) -> torch.Tensor:
-    """Table rows (a DataFrame, or JSON-like dicts as a server receives them) to raw inputs for
-    ``spec.normalize``."""
-    return encode_features(rows, spec.columns, spec.na_values, source, spec.target)[0]
+    """Table rows (a DataFrame, or JSON-like dicts as a server receives them) to raw inputs."""
+    fields = spec.inputs
+    return encode_features(rows, fields["columns"], fields["na_values"], source, fields["target"])[0]
 
 
 def encoded_names(columns: Sequence[dict[str, Any]]) -> list[str]:
@@ -316,9 +367,10 @@ def check_columns(frame: pd.DataFrame, columns: Sequence[dict[str, Any]], source
 def encode_targets(spec: InputSpec, frame: pd.DataFrame, source: str) -> torch.Tensor | None:
     """The target column of new rows as class indices or values; None where it is absent or incomplete.
     Class labels are the training classes' names, or their indices where the classes have other names."""
-    if spec.target not in frame.columns:
+    target, na_values = spec.inputs["target"], spec.inputs["na_values"]
+    if target not in frame.columns:
         return None
-    labels = as_text(frame[spec.target], spec.na_values)
+    labels = as_text(frame[target], na_values)
     if labels.isna().any():
         return None
     if spec.task == "regression":
@@ -334,12 +386,13 @@ def encode_targets(spec: InputSpec, frame: pd.DataFrame, source: str) -> torch.T
     return torch.from_numpy(index.astype(np.int64))
 
 
-def read_rows(spec: InputSpec, path: Path) -> Inputs:
+def read_rows(spec: InputSpec, path: Path) -> Read:
     """New rows from a table file, encoded with the training run's columns, categories and statistics."""
     if path.suffix.lower() not in TABLE_SUFFIXES and path.is_file():
         raise DataError(f"{path} is not a CSV, TSV or Parquet file; this model predicts from table rows")
-    frame = read_table(path, spec.na_values)
-    x, incomplete = encode_features(frame, spec.columns, spec.na_values, str(path), spec.target)
+    fields = spec.inputs
+    frame = read_table(path, fields["na_values"])
+    x, incomplete = encode_features(frame, fields["columns"], fields["na_values"], str(path), fields["target"])
     if incomplete.any():
         log.info("%s: %d rows with missing values, filled with the training means", path.name, incomplete.sum())
     return [str(i) for i in range(len(frame))], x, encode_targets(spec, frame, str(path))

@@ -1,0 +1,200 @@
+"""Images: the kind of input of ``Digits``, torchvision's MNIST-style data sets and image folders.
+
+Raw inputs are float tensors (C, H, W) in [0, 1] at the trained size; the model takes them standardised per
+channel. The spec's ``inputs`` hold ``input_shape`` ([channels, height, width]) and the per-channel ``mean``
+and ``std``. Files are decoded by ``read_image`` (PIL, resized as training did) in training, predict and
+serve alike; a request sends image files (multipart) or base64 text (``"images"``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainlab.dataloader.base import Normalization
+from trainlab.dataloader.kinds import InputKind, Read
+from trainlab.dataloader.spec import Standardize
+from trainlab.dataloader.tensors import Splits, StandardizedData
+from trainlab.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from trainlab.dataloader.spec import InputSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageKind(InputKind):
+    name = "image"
+    description = "images"
+    files = "an image, a folder of images or a folder of class folders"
+    request_field = "images"
+    request_type = str
+    request_description = "base64-encoded image files (PNG, JPEG...)"
+    file_uploads = True
+
+    def preprocessing(self) -> nn.Module:
+        channels = self.spec.inputs["input_shape"][0]
+        mean, std = (torch.tensor(self.spec.inputs[key]).view(channels, 1, 1) for key in ("mean", "std"))
+        return Standardize(mean, std)
+
+    def example(self, n: int, seed: int = 0) -> torch.Tensor:
+        return torch.rand(n, *self.spec.inputs["input_shape"], generator=torch.Generator().manual_seed(seed))
+
+    def read(self, path: Path) -> Read:
+        return read_images(self.spec, path)
+
+    def from_files(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
+        shape = self.spec.inputs["input_shape"]
+        return torch.stack([read_image(io.BytesIO(data), shape, name) for name, data in files])
+
+    def from_request(self, values: list[Any]) -> torch.Tensor:
+        return self.from_files([(f"images[{i}]", decode_base64(i, text)) for i, text in enumerate(values)])
+
+
+def decode_base64(index: int, text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise DataError(f"images[{index}] is not base64 text; encode the image file's bytes") from None
+
+
+class ImageData(StandardizedData):
+    """Images as (N, C, H, W) float tensors in [0, 1], always a multiclass task.
+
+    Args:
+        mean, std: per channel (used where ``normalize`` is true); null: what a pretrained model expects
+            (``setup(normalization)``, where it has as many channels), else fitted on the training split.
+    """
+
+    kind = ImageKind
+
+    def __init__(self, *, mean: Sequence[float] | None, std: Sequence[float] | None, **settings):
+        super().__init__(task="multiclass", **settings)
+        self.mean_setting, self.std_setting = mean, std
+
+    def fit_preprocessing(self, splits: Splits, normalization: Normalization | None) -> None:
+        self.mean, self.std = self.choose_normalization(normalization, lambda: self.fitted_statistics([0, 2, 3]))
+
+    def input_fields(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
+
+    def show(self, samples: list[torch.Tensor], captions: list[str]) -> Image.Image:
+        from trainlab.visuals import labelled_grid
+
+        return labelled_grid(self.untransform(torch.stack(samples)), captions)
+
+    def choose_normalization(
+        self, pretrained: Normalization | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel (mean, std), shaped (C, 1, 1): none (0 and 1) where ``normalize`` is false; else
+        ``dataset.mean``/``std`` where given; else what a ``pretrained`` model expects, if it is for this
+        many channels; else ``fit()``: statistics of the training split."""
+        channels = self.input_shape[0]
+        shape = (channels, 1, 1)
+        if not self.normalize:
+            return torch.zeros(shape), torch.ones(shape)
+        for name, values in (("mean", self.mean_setting), ("std", self.std_setting)):
+            if values is not None and len(values) != channels:
+                raise DataError(
+                    f"dataset.{name} has {len(values)} values for {channels}-channel images; give {channels}, "
+                    "or null to fit it on the training split"
+                )
+        mean, std = self.mean_setting, self.std_setting
+        if mean is None or std is None:
+            default = pretrained if pretrained is not None and len(pretrained[0]) == channels else fit()
+            mean = default[0] if mean is None else mean
+            std = default[1] if std is None else std
+        return torch.as_tensor(mean).float().reshape(shape), torch.as_tensor(std).float().reshape(shape)
+
+
+def image_transform(input_shape: Sequence[int], to_float: bool = True) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> (C, H, W) float tensor in [0, 1]: resized to the trained size, grey if 1 channel; with
+    ``to_float=False`` its uint8 pixels (what a decoded image folder keeps). A picklable function (DataLoader
+    workers get it)."""
+    return functools.partial(_to_tensor, tuple(input_shape), to_float)
+
+
+def _to_tensor(input_shape: tuple[int, int, int], to_float: bool, image) -> torch.Tensor:
+    """What torchvision's ``resize`` (bilinear), ``rgb_to_grayscale``, ``pil_to_tensor`` and ``to_dtype(scale=True)``
+    make of a PIL image, bit for bit, in plain PIL and numpy calls: at a server's small images their
+    dispatch and torch's per-call cost were most of the time (a 28x28 grey image: 56 us then, 14 now)."""
+    from PIL import Image
+
+    channels, height, width = input_shape
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    if channels == 1 and image.mode != "L":  # images are read as RGB (grey files as they are: read_image)
+        image = image.convert("L")
+    pixels = np.asarray(image).reshape(height, width, -1).transpose(2, 0, 1)  # a read-only view
+    if to_float:  # uint8 to float32, then times 1 / 255 in float32: torch's arithmetic, in numpy
+        return torch.from_numpy(np.multiply(pixels, 1 / 255, dtype=np.float32))
+    return torch.from_numpy(pixels.copy())
+
+
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself, or the image files in the folder ``path`` in name order."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+    return files
+
+
+def read_class_folders(folder: Path, input_shape: Sequence[int], to_float: bool = True):
+    """torchvision's ImageFolder of ``folder/<class>/<image>`` (images as ``image_transform`` makes them), or a
+    one-line error."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), transform=image_transform(input_shape, to_float))
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(
+            f"{folder}: {error}; expected one sub-folder of images per class (root/<class>/<image>), "
+            "optionally under root/train, root/val, root/test"
+        ) from None
+
+
+def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None) -> torch.Tensor:
+    """One image file (or file object, ``name`` saying which: a server's upload) as the model's raw input
+    (C, H, W) in [0, 1]. A file that is no image, or a truncated or oversized one, is a ``DataError``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = image.mode == "L" and input_shape[0] == 1  # as RGB and back to grey: the same pixels
+            return image_transform(input_shape)(image if grey else image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise DataError(f"{name or path} is not an image; this model predicts on image files") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's decoding errors
+        raise DataError(f"{name or path} is not a readable image ({error})") from None
+
+
+def read_images(spec: InputSpec, path: Path) -> Read:
+    """An image, a folder of images, or a folder of class folders (then the labels come along)."""
+    input_shape = spec.inputs["input_shape"]
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        folder = read_class_folders(path, input_shape)
+        unknown = sorted(set(folder.classes) - set(spec.class_names))
+        if unknown:
+            raise DataError(
+                f"{path}: class folders {unknown} are not among the training classes {spec.class_names}"
+            )
+        labels = torch.tensor([spec.class_names.index(folder.classes[t]) for t in folder.targets])
+        images = torch.stack([folder[i][0] for i in range(len(folder))])
+        return [p for p, _ in folder.samples], images, labels
+    files = image_files(path)
+    return [str(f) for f in files], torch.stack([read_image(f, input_shape) for f in files]), None
