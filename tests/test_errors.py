@@ -47,6 +47,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be an integer >= 0, got -1"),
         (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer >= 0, got ten"),
         (["trainer.label_smoothing=1"], "trainer.label_smoothing must be in [0, 1), got 1"),
+        (["+model.hiden_size=3"], "model.hiden_size is not a setting of MLP; its settings are hidden_sizes"),
+        (["dataset=mnist", "dataset.name=MNIZT"], "dataset.name=MNIZT is not one of torchvision's data sets"),
     ],
     ids=[
         "lr=0",
@@ -58,6 +60,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "max_epochs<0",
         "max_epochs=ten",
         "label_smoothing=1",
+        "model-setting-typo",
+        "dataset-name-typo",
     ],
 )
 def test_bad_setting_is_one_line_naming_it(tmp_path, overrides, message):

@@ -3,26 +3,24 @@
 A checkpoint is a dict of plain types and tensors, so ``torch.load(path, weights_only=True)`` reads it and
 no pickled code ever runs. It holds everything a run needs to continue or to be used: model, optimizer,
 scheduler and scaler states, epoch, step, best score, callback and RNG states, the data set's fitted
-preprocessing, and the fully resolved config as YAML text.
+preprocessing, the fully resolved config as YAML text (read back as data: ``stored_config``) and, in
+``best.ckpt`` once the run has tested it, the test metrics.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from trainlab import distributed
 from trainlab.errors import CheckpointError
@@ -35,16 +33,18 @@ log = logging.getLogger(__name__)
 
 FORMAT = "trainlab/1"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
-TRUSTED_TARGETS = ("trainlab.", "torch.optim.", "optuna.pruners.")
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` via a temporary file in the same folder and an atomic rename, so that a
     crash or ``kill -9`` at any moment leaves either the old file or the new one, never half of one. A write
-    that fails (disk full, file too large) removes the temporary file and raises ``CheckpointError``."""
+    that fails (disk full, file too large) removes the temporary file and raises ``CheckpointError``. The
+    file's mode is the umask's, as for any file the user writes (``tempfile.mkstemp`` would make it 0600:
+    unreadable to a separate serving user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
@@ -63,11 +63,12 @@ def save(state: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a trainlab checkpoint with ``weights_only=True``; every way it can fail gets its own message.
 
     Files that are not torch's zip format (a bare pickle, anything else) are refused before a byte of them
     is unpickled; inside a zip, torch's weights-only unpickler refuses anything but tensors and plain data.
+    ``mmap``: the tensors are mapped from the file, not read (to read the plain data alone).
     """
     path = Path(path)
     if not path.is_file():
@@ -84,7 +85,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         )
         raise CheckpointError(f"{path} is not a trainlab checkpoint ({what}); use a run's last.ckpt or best.ckpt")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise CheckpointError(
@@ -116,94 +117,6 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
             f"{path} holds weights for a different model than the config builds ({first_difference}); use the "
             "model settings of the run that wrote it"
         ) from None
-
-
-def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
-    """The run config stored in a checkpoint, refused if any node names code outside ``TRUSTED_TARGETS``.
-
-    A resumed run instantiates the ``_target_`` classes of this config, so a crafted checkpoint with a
-    harmless pickle could still name, say, ``builtins.open`` or ``torch.load``; only classes (never functions
-    such as ``trainlab.checkpoint.save``) of trainlab, torch's optimizers and schedulers and optuna's pruners
-    are accepted, and ``_args_`` (which no trainlab config uses) nowhere. Inference builds less still: see
-    ``trusted_node``.
-    """
-    cfg = OmegaConf.create(state["config"])
-    for key, node in OmegaConf.to_container(cfg).items():
-        if "_args_" in _special_keys(node):
-            raise CheckpointError(
-                f"refused {path}: its config's {key} node has _args_, which no trainlab config uses; nothing was run"
-            )
-        for target in _targets(node):
-            if not target.startswith(TRUSTED_TARGETS) or not isinstance(_locate(target), type):
-                raise CheckpointError(
-                    f"refused {path}: its config names {key} class {target}, and only trainlab's own classes (and "
-                    "torch's optimizers, optuna's pruners) are built from a checkpoint; nothing was run"
-                )
-    return cfg
-
-
-def trusted_node(cfg: DictConfig, key: str, module: str, base: type, path: str | Path) -> DictConfig:
-    """The config node ``cfg[key]`` for inference to instantiate alone (the model; the data set to evaluate
-    the test split), refused unless its ``_target_`` is a subclass of ``base`` defined in trainlab's ``module``
-    (or a module under it) and it holds plain settings only: no ``_args_``, ``_partial_`` or other special
-    key, no nested ``_target_``. Nothing in it is run here."""
-    node = cfg.get(key)
-    container = OmegaConf.to_container(node) if isinstance(node, DictConfig) else None
-    target = container.get("_target_") if container else None
-    special = sorted(_special_keys(container) - {"_target_"}) if container else []
-    nested = [t for value in (container or {}).values() for t in _targets(value)]
-    if not isinstance(target, str) or not target.startswith(f"{module}.") or special or nested:
-        what = special or nested or [target]
-        raise CheckpointError(
-            f"refused {path}: its config's {key} node ({', '.join(map(str, what))}) is not one of trainlab's own "
-            f"{module} classes with plain settings; nothing was run"
-        )
-    found = _locate(target)
-    if not (
-        isinstance(found, type) and issubclass(found, base) and f"{found.__module__}.".startswith(f"{module}.")
-    ):
-        raise CheckpointError(
-            f"refused {path}: its config's {key} class {target} is not one of trainlab's {module} classes; "
-            "nothing was run"
-        )
-    return node
-
-
-def _locate(target: str) -> Any:
-    """What a dotted ``_target_`` names, found by importing its module (only called for trusted prefixes);
-    None where it names nothing."""
-    parts = target.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            found: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        for name in parts[split:]:
-            found = getattr(found, name, None)
-        return found
-    return None
-
-
-def _special_keys(node: Any) -> set[str]:
-    """Every Hydra key (``_target_``, ``_args_``, ``_partial_``...) in a config container, at any depth."""
-    if isinstance(node, dict):
-        keys = {str(k) for k in node if str(k).startswith("_") and str(k).endswith("_")}
-        return keys.union(*(_special_keys(v) for v in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_special_keys(v) for v in node))
-    return set()
-
-
-def _targets(node: Any) -> Iterator[str]:
-    """Every ``_target_`` in a config container, nested ones included."""
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield str(node["_target_"])
-        for value in node.values():
-            yield from _targets(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _targets(item)
 
 
 def rng_states() -> dict[str, Any]:
@@ -294,6 +207,13 @@ class RunCheckpoints:
             )
             return
         save(state, self.best)
+
+    def record_test(self, metrics: dict[str, float]) -> None:
+        """Store the test metrics in ``best.ckpt``, whose weights they were measured with, so that a copy of
+        that file alone still has them (predict's and serve's ``/metadata``, export's ONNX metadata). Saved as
+        a new file under the name, like every save: the ``last.ckpt`` it may be a hard link to is untouched."""
+        if distributed.is_main() and metrics and self.best.is_file():
+            save({**load(self.best), "test_metrics": metrics}, self.best)
 
     def best_weights(self) -> dict[str, torch.Tensor] | None:
         """The model weights of ``best.ckpt`` on every rank; None if there is none (no epoch trained)."""

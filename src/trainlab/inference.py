@@ -1,11 +1,11 @@
 """Using a trained model from its checkpoint alone, or from its ONNX export: the one loader that predict,
 export and serve share.
 
-Loading is safe: ``checkpoint.load`` reads tensors and plain data only (``weights_only=True``), the config's
-every ``_target_`` is checked (``checkpoint.trusted_config``), and only its ``model`` node is instantiated,
-after ``checkpoint.trusted_node`` found a trainlab model class with plain settings in it. The test split,
-which needs the training data, is rebuilt from the ``dataset`` node alone (checked alike, never downloaded,
-never augmented).
+Loading is safe: ``checkpoint.load`` reads tensors and plain data only (``weights_only=True``), the config
+is refused unless it is plain data naming allowed classes only (``stored_config.trusted_config``), and only
+its ``model`` node is instantiated, after it was built on the meta device and found to fit the stored
+weights (``stored_config.check_model``). The test split, which needs the training data, is rebuilt from the
+``dataset`` and ``cv`` nodes alone (never downloaded, never augmented).
 
 A ``Predictor`` takes raw inputs (what the spec's kind of input reads: images in [0, 1] at the trained size,
 encoded table rows with NaN for a missing value...) and returns the model's outputs: the kind's
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from trainlab import checkpoint
+from trainlab import checkpoint, stored_config
 from trainlab.dataloader import BatchedData, InputSpec
 from trainlab.dataloader.base import Inputs, as_tuple, call
-from trainlab.dataloader.folds import KFold
 from trainlab.dataloader.tensors import on_device
 from trainlab.errors import CheckpointError, DataError
 from trainlab.tasks import Task
@@ -57,25 +56,20 @@ def load_model(ckpt_path: str | Path, device: torch.device | str) -> tuple[DictC
     from trainlab.run import build_model
 
     state = checkpoint.load(ckpt_path, map_location="cpu")
-    cfg = checkpoint.trusted_config(state, ckpt_path)
-    model_node = checkpoint.trusted_node(cfg, "model", "trainlab.model", nn.Module, ckpt_path)
-    if "input_spec" not in state:
-        raise CheckpointError(f"{ckpt_path} has no input spec (written by an older trainlab); train it again")
-    spec = InputSpec.from_dict(state["input_spec"])
-    model = build_model(OmegaConf.create({"model": model_node}), spec, pretrained=False)
+    cfg = stored_config.trusted_config(state, ckpt_path)
+    spec = stored_config.check_model(cfg.model, state, ckpt_path)
+    model = build_model(cfg, spec, pretrained=False)
     checkpoint.load_weights(model, state, ckpt_path)
     return cfg, spec, model.to(device).eval()
 
 
 def load_test_data(cfg: DictConfig, spec: InputSpec, ckpt_path: str | Path) -> BatchedData:
-    """The data set of a checkpoint's config, to evaluate its test split: built from its ``dataset`` and
-    ``cv`` nodes alone, each checked first (no augmentation, no download), and checked to preprocess as the
-    checkpoint's input spec says. Needs the training data: a ``DataError`` that says so when it is absent."""
+    """The data set of a checkpoint's config (``load_model``'s, trusted), to evaluate its test split: built
+    from its ``dataset`` and ``cv`` nodes alone (no augmentation, no download), and checked to preprocess as
+    the checkpoint's input spec says. Needs the training data: a ``DataError`` that says so when it is
+    absent."""
     from trainlab.run import build_data
 
-    checkpoint.trusted_node(cfg, "dataset", "trainlab.dataloader", BatchedData, ckpt_path)
-    if cfg.get("cv"):
-        checkpoint.trusted_node(cfg, "cv", "trainlab.dataloader.folds", KFold, ckpt_path)
     try:
         data = build_data(cfg, augment=False, **({"download": False} if "download" in cfg.dataset else {}))
     except DataError as error:
@@ -107,8 +101,17 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def run_test_metrics(ckpt_path: Path) -> dict[str, float]:
-    """The training run's ``test/...`` metrics, from the ``metrics.json`` of the run dir the checkpoint lies
-    in; empty where there is none."""
+    """The training run's ``test/...`` metrics: those the checkpoint carries (``best.ckpt`` once the run has
+    tested it, wherever it was copied), else those of the ``metrics.json`` of the run dir it lies in; empty
+    where neither has them."""
+    stored = checkpoint.load(ckpt_path, mmap=True).get("test_metrics")  # mmap: the weights stay unread
+    if stored is not None:
+        if not isinstance(stored, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in stored.items()
+        ):
+            raise CheckpointError(f"{ckpt_path} has test_metrics that are not metric names and numbers")
+        return stored
     run_dir = run_dir_of(ckpt_path)
     if run_dir is None:
         return {}

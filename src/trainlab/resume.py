@@ -4,7 +4,9 @@ A checkpoint holds the fully resolved config of the run that wrote it, so resumi
 there: ``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` continues that run, not one built from
 today's defaults. Settings given with it are applied on top only where they do not change what the saved
 state means (``settings.RESUMABLE``); any other setting that differs from the saved one is refused by name, since the
-saved weights, optimizer state and best score would silently mean something else.
+saved weights, optimizer state and best score would silently mean something else. The saved config is data:
+``stored_config`` refuses it unless plain and naming allowed classes only, and checks its model against the
+saved weights before anything is built.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint, settings
+from trainlab import checkpoint, settings, stored_config
 from trainlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
     state = checkpoint.load(path)
     if not state.get("config"):
         raise CheckpointError(f"{path} holds no run config to resume with; use a checkpoint written by train.py")
-    resumed = OmegaConf.to_container(checkpoint.trusted_config(state, path))
+    trusted = stored_config.trusted_config(state, path)
+    stored_config.check_model(trusted.model, state, path)  # before a huge model is allocated for real
+    resumed = OmegaConf.to_container(trusted)
     wanted = OmegaConf.to_container(cfg, resolve=True)
     if overrides is None:
         changes = [(key, None, False) for key in {**_leaves(wanted), **_leaves(resumed)} if not resumable(key)]

@@ -65,8 +65,9 @@ def build_model(cfg: DictConfig, spec: InputSpec, pretrained: bool = True) -> nn
 
 
 def check_model_fits(model_cfg: DictConfig, sizes: dict[str, Any], kind: str) -> None:
-    """A ``ConfigError`` where the model's class takes other sizes than the ones ``kind`` inputs give
-    (a CNN for text, an RNN for images), rather than the constructor's TypeError."""
+    """A one-line ``ConfigError`` where the model's class takes other sizes than ``kind`` inputs give (a CNN
+    for texts, an RNN for images) or has no such setting as one of ``model_cfg``'s, rather than the
+    constructor's TypeError in Hydra's message."""
     model_class = get_class(model_cfg._target_)
     parameters = inspect.signature(model_class).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
@@ -82,6 +83,13 @@ def check_model_fits(model_cfg: DictConfig, sizes: dict[str, Any], kind: str) ->
         raise ConfigError(
             f"model {model_class.__name__} is not made for {kind} inputs: it is sized by "
             f"{', '.join(needed) or 'other sizes'}, and they give {given}; choose a model for {kind} inputs"
+        )
+    settings_ = [key for key in model_cfg if not (key.startswith("_") and key.endswith("_"))]
+    strange = [key for key in settings_ if key not in parameters]
+    if strange:
+        known = ", ".join(name for name in parameters if name not in sizes)
+        raise ConfigError(
+            f"model.{strange[0]} is not a setting of {model_class.__name__}; its settings are {known or 'none'}"
         )
 
 

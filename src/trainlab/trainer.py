@@ -315,6 +315,7 @@ class Trainer:
         test_metrics = self.evaluate(model, data, "test", on_batch)
         loop = context.loop
         context.logger.log_test(test_metrics, loop.global_step)
+        checkpoints.record_test(test_metrics)
         gathered = [pair for rank_pairs in distributed.gather(collected) for pair in rank_pairs]
         if gathered:
             test = TestOutputs(
