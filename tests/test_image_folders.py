@@ -188,16 +188,17 @@ def test_images_are_read_as_torchvisions_transforms_read_them(to_float):
 
 
 def test_grey_files_read_straight_give_the_pixels_of_the_rgb_round_trip(tmp_path):
-    """A grey file for a 1-channel model skips the conversion to RGB and back (``read_image``): the same
-    pixels, resized or not."""
+    """A grey or 1-bit file for a 1-channel model skips the conversion to RGB and back (``read_image``): the
+    same pixels, resized or not."""
     from PIL import Image
 
     from trainlab.dataloader.kinds.image import image_transform, read_image
 
     rng = np.random.default_rng(0)
     for size, shape in [((28, 28), (1, 28, 28)), ((40, 33), (1, 16, 16)), ((5, 90), (1, 32, 20))]:
-        path = tmp_path / f"{size}.png"
-        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path)
-        with Image.open(path) as image:
-            expected = image_transform(shape)(image.convert("RGB"))
-        assert torch.equal(read_image(path, shape), expected)
+        for mode in ("L", "1"):
+            path = tmp_path / f"{size}{mode}.png"
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).convert(mode).save(path)
+            with Image.open(path) as image:
+                expected = image_transform(shape)(image.convert("RGB"))
+            assert torch.equal(read_image(path, shape), expected)

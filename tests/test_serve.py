@@ -7,7 +7,9 @@ import csv
 import http.client
 import io
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,27 +21,29 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, make_config
+from conftest import ROOT, make_config, read_csv
 from PIL import Image
-from test_predict import read_csv, run_predict, write_table_csv
+from test_predict import run_predict, write_table_csv
 
 from trainlab.export import export
 from trainlab.run import train
 
 
 class Server:
-    """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address."""
+    """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address. Its output
+    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``."""
 
     def __init__(self, ckpt: Path, *overrides: str):
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "serve.py"), f"ckpt={ckpt}", "port=0", "access_log=false", *overrides],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
-        for line in self.process.stderr:  # blocks until the next line: an event, not a sleep
+        for line in self.process.stdout:  # blocks until the next line: an event, not a sleep
             self.lines.append(line)
             ready = re.search(r"Uvicorn running on (http://\S+)", line)
             if ready:
@@ -47,14 +51,26 @@ class Server:
                 break
         else:
             raise AssertionError(f"serve.py exited with {self.process.wait()}: {''.join(self.lines)}")
-        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def stop(self) -> int:
-        """SIGTERM; the exit code, which must come within 5 seconds."""
+        """SIGTERM; the exit code, which must come within 5 seconds. Then ``lines`` holds all it wrote."""
         self.client.close()
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=5)
+        code = self.process.wait(timeout=5)
+        self.reader.join(timeout=5)
+        return code
+
+    def stop_cleanly(self) -> None:
+        """SIGTERM, and uvicorn's graceful shutdown to its end: exit code 0 (or the SIGTERM it re-raises)."""
+        code = self.stop()
+        assert code in (0, -signal.SIGTERM), "".join(self.lines)
+        assert any("Finished server process" in line for line in self.lines), "".join(self.lines)
+
+    def stats(self) -> dict:
+        return self.client.get("/health").json()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +92,7 @@ def digits_files(digits_run, tmp_path_factory) -> dict:
 def digits_server(request, digits_files):
     server = Server(digits_files[request.param])
     yield server
-    assert server.stop() is not None
+    server.stop_cleanly()
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +108,7 @@ def iris_files(tmp_path_factory) -> dict:
 def iris_server(iris_files):
     server = Server(iris_files["ckpt"])
     yield server
-    assert server.stop() is not None
+    server.stop_cleanly()
 
 
 def predicted_by_predict_py(ckpt: Path, source: Path, output: Path) -> list[dict]:
@@ -124,13 +140,30 @@ def test_images_answer_as_predict_py(digits_server, digits_files):
 
 
 def test_metadata_and_openapi(digits_server, digits_run):
+    assert digits_server.url.startswith("http://127.0.0.1:")  # the loopback address by default
     metadata = digits_server.client.get("/metadata").json()
     assert metadata["task"] == "multiclass" and metadata["classes"] == [str(i) for i in range(10)]
     assert metadata["input_spec"]["inputs"]["input_shape"] == [1, 8, 8]
     assert metadata["test_metrics"] == {k: v for k, v in digits_run[1].items() if k.startswith("test/")}
     assert digits_server.client.get("/health").json()["status"] == "ok"
-    body = digits_server.client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
-    assert set(body["content"]) == {"multipart/form-data", "application/json"}
+    predict = digits_server.client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    assert predict["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    one_of = predict["requestBody"]["content"]["application/json"]["schema"]["oneOf"]  # images or inputs, alone
+    assert [(v["required"], v["additionalProperties"]) for v in one_of] == [
+        (["images"], False),
+        (["inputs"], False),
+    ]
+    errors = {status: answer for status, answer in predict["responses"].items() if status != "200"}
+    assert set(errors) == {"400", "413", "415", "422", "500"}
+    assert all(
+        e["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+        for e in errors.values()
+    )
+    not_allowed = digits_server.client.put("/predict")  # its Allow header kept by trainlab's error handler
+    assert (
+        not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST" and "error" in not_allowed.json()
+    )
     assert digits_server.client.get("/docs").status_code == 200
 
 
@@ -163,6 +196,13 @@ IMAGE_REQUESTS = {
     "no input": ({"json": {"images": []}}, 422, "images is empty"),
     "broken JSON": ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 422, "Invalid JSON"),
     "ragged arrays": ({"json": {"inputs": [[1, [2]]]}}, 422, "not arrays of numbers"),
+    "true and false": ({"json": {"inputs": np.full((1, 1, 8, 8), True).tolist()}}, 422, "not arrays of numbers"),
+    "a field given as null": ({"json": {"images": None}}, 422, "images: Input should be a valid array"),
+    "beyond float32": (
+        {"json": {"inputs": np.full((2, 1, 8, 8), 1e39).tolist()}},
+        400,
+        "inputs [0, 1] are not finite",
+    ),
     "other content type": ({"content": b"hi", "headers": {"content-type": "text/plain"}}, 415, "text/plain"),
     "form without a file": ({"files": {"f": (None, "text")}}, 400, "no file"),
     "too many inputs": ({"json": {"inputs": np.zeros((65, 1, 8, 8)).tolist()}}, 413, "limit of 64"),
@@ -196,6 +236,7 @@ def test_bad_rows_get_a_4xx_json_error(iris_server):
         ),
         ([row | {"colour": "red"}], "unknown column(s) colour"),
         ([row | {"sepal length (cm)": "long"}], "row 0 has 'long'"),
+        ([row, row | {"sepal length (cm)": "5.1"}], "row 1 has '5.1'; send a number"),  # JSON numbers only
         ([row | {"sepal length (cm)": [5.1]}], "is not a number or text"),
         (["not a row"], "rows.0: Input should be an object"),
     ]
@@ -246,24 +287,36 @@ def wait_until(condition) -> None:
     raise AssertionError("the server never reached the state")
 
 
+def send_all_but_the_end(request: httpx.Request) -> tuple[socket.socket, bytes]:
+    """A raw connection that sent ``request`` but for its last 10 bytes (the server goes on reading it), and
+    those bytes."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    body = request.read()
+    connection = socket.create_connection((request.url.host, request.url.port))
+    connection.sendall(f"{request.method} {request.url.path} HTTP/1.1\r\n{head}\r\n".encode() + body[:-10])
+    return connection, body[-10:]
+
+
+def finish(connection: socket.socket, rest: bytes) -> tuple[int, dict]:
+    """Send the rest of a request (``send_all_but_the_end``): its answer's status and JSON."""
+    connection.sendall(rest)
+    answer = http.client.HTTPResponse(connection)
+    answer.begin()
+    return answer.status, json.loads(answer.read())
+
+
 def test_a_request_that_comes_while_another_is_read_joins_its_batch(digits_files):
     """Two requests, one of them still being read (its last bytes held back by this test) when the other
     comes: the batch waits for it (max_wait_ms, long here), and one forward pass answers both."""
     server = Server(digits_files["onnx"], "max_wait_ms=600000")
-    stats = lambda: server.client.get("/health").json()  # noqa: E731
-    request = server.client.build_request("POST", "/predict", files={"file": NOISE})
-    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
-    body = request.read()
-    with socket.create_connection((request.url.host, request.url.port)) as slow:
-        slow.sendall(f"POST /predict HTTP/1.1\r\n{head}\r\n".encode() + body[:-10])
+    stats = server.stats
+    slow, rest = send_all_but_the_end(server.client.build_request("POST", "/predict", files={"file": NOISE}))
+    with slow:
         wait_until(lambda: stats()["reading"] == 1)
         with ThreadPoolExecutor(1) as pool:
             quick = pool.submit(httpx.post, f"{server.url}/predict", files={"file": GOOD}, timeout=60)
             wait_until(lambda: stats()["pending"] == 1)
-            slow.sendall(body[-10:])
-            answer = http.client.HTTPResponse(slow)
-            answer.begin()
-            batched = [json.loads(answer.read())["predictions"][0], quick.result().json()["predictions"][0]]
+            batched = [finish(slow, rest)[1]["predictions"][0], quick.result().json()["predictions"][0]]
     assert {k: stats()[k] for k in ("requests", "forward_passes", "largest_batch")} == {
         "requests": 2,
         "forward_passes": 1,
@@ -272,7 +325,7 @@ def test_a_request_that_comes_while_another_is_read_joins_its_batch(digits_files
     for picture, got in zip((NOISE, GOOD), batched, strict=True):
         alone = server.client.post("/predict", files={"file": picture}).json()["predictions"][0]
         assert got["label"] == alone["label"] and got["probabilities"] == pytest.approx(alone["probabilities"])
-    assert server.stop() is not None
+    server.stop_cleanly()
 
 
 def test_sigterm_stops_it_within_seconds(digits_files):
@@ -282,5 +335,134 @@ def test_sigterm_stops_it_within_seconds(digits_files):
     assert any("Finished server process" in line for line in server.lines)
 
 
-def test_it_binds_the_loopback_address_by_default():
-    assert make_config("ckpt=x", config_name="serve").host == "127.0.0.1"
+# -- hostile and heavy uploads, disconnects ----------------------------------------------------------------
+def image_file(mode: str, size: tuple[int, int], format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format)
+    return buffer.getvalue()
+
+
+def test_images_over_max_pixels_are_refused_from_their_headers_while_health_answers(digits_server):
+    """The hostile upload of issue 25: 64 PNGs of 12000x12000 1-bit pixels (17.6 KB each, 144 MP decoded
+    each) in one request, its last bytes held back: ``/health`` answers while it is in flight, and once
+    complete it is refused with a 413 that names the sizes, from the files' headers (max_pixels, 50 MP);
+    the server serves on."""
+    hostile = image_file("1", (12000, 12000))
+    request = digits_server.client.build_request(
+        "POST", "/predict", files=[("file", (f"{i}.png", hostile)) for i in range(64)]
+    )
+    connection, rest = send_all_but_the_end(request)
+    with connection:
+        wait_until(lambda: digits_server.stats()["reading"] == 1)
+        status, answer = finish(connection, rest)
+    assert status == 413, answer
+    assert answer["error"].startswith(
+        "the 64 images decode to 9216.0 MP in all (the largest, 0.png decodes to 12000x12000 pixels (144.0 MP)), "
+        "over the limit of 50 MP per request (max_pixels)"
+    )
+    assert digits_server.client.post("/predict", files={"file": GOOD}).status_code == 200
+
+
+def test_max_pixels_bounds_what_a_request_decodes(digits_files):
+    """``max_pixels`` (1 MP here) bounds the pixels of a request's images together, as their headers say: one
+    image over it, or many under it that add up to more, are refused (413, naming the sizes); a JPEG counts
+    at the size it decodes at (``Image.draft``: an eighth of 4000x4000 for an 8x8 model), so a large photo
+    passes, and answers as the raw input ``read_image`` makes of it."""
+    from trainlab.dataloader.kinds.image import open_image, read_image
+
+    server = Server(digits_files["onnx"], "max_pixels=1_000_000")
+    big = image_file("1", (1001, 1000))
+    refused = [
+        (
+            {"files": {"file": ("big.png", big)}},
+            "big.png decodes to 1001x1000 pixels (1.0 MP), over the limit of 1 MP",
+        ),
+        ({"json": {"images": [base64.b64encode(big).decode()]}}, "images[0] decodes to 1001x1000 pixels"),
+        (
+            {"files": [("file", (f"{i}.png", image_file("L", (130, 130)))) for i in range(64)]},
+            "the 64 images decode to 1.1 MP in all (the largest, 0.png decodes to 130x130 pixels",
+        ),
+    ]
+    for request, complaint in refused:
+        answer = server.client.post("/predict", **request)
+        assert answer.status_code == 413 and complaint in answer.json()["error"], answer.text
+    photo = digits_files["folder"] / "photo.jpg"
+    gradient = np.add.outer(np.arange(4000), np.arange(4000)) // 32 % 256
+    Image.fromarray(gradient.astype(np.uint8)).save(photo, quality=90)
+    with open_image(photo, (1, 8, 8)) as opened:
+        assert opened.size == (500, 500)
+    answer = server.client.post("/predict", files={"file": photo.read_bytes()})
+    raw = server.client.post("/predict", json={"inputs": read_image(photo, (1, 8, 8))[None].tolist()})
+    assert answer.status_code == 200 and answer.json() == raw.json()
+    server.stop_cleanly()
+
+
+def test_a_client_that_goes_away_mid_upload_is_one_log_line(digits_files):
+    """Clients that close their connection halfway through sending a file or JSON: one log line each, no
+    traceback, and the server serves on."""
+    server = Server(digits_files["onnx"])
+    uploads = [
+        server.client.build_request("POST", "/predict", files={"file": NOISE}),
+        server.client.build_request("POST", "/predict", json={"images": [base64.b64encode(NOISE).decode()]}),
+    ]
+    for request in uploads:
+        connection, _ = send_all_but_the_end(request)
+        wait_until(lambda: server.stats()["reading"] == 1)
+        connection.close()
+        wait_until(lambda: server.stats()["reading"] == 0)
+    assert server.client.post("/predict", files={"file": GOOD}).status_code == 200
+    server.stop_cleanly()
+    went_away = [line for line in server.lines if "went away before its request was read" in line]
+    assert len(went_away) == 2, "".join(server.lines)
+    assert not any("Traceback" in line or "Exception" in line for line in server.lines), "".join(server.lines)
+
+
+# -- the API's documentation and schema --------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_api_docs_render_offline_in_chromium(iris_server, tmp_path):
+    """``/docs`` (Swagger UI) and ``/redoc`` as headless Chromium renders them when it can reach no host but
+    the server: their scripts come from the server (fastapi-offline's copies), and draw ``POST /predict``."""
+    pages = {"/docs": 'data-path="/predict"', "/redoc": 'id="operation/predict_predict_post"'}
+    for page, drawn in pages.items():
+        served = iris_server.client.get(page).text
+        assert drawn not in served and "https://" not in served  # drawn by the scripts, all from here
+        chromium = subprocess.run(
+            [
+                CHROMIUM,
+                *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+                *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+                f"--user-data-dir={tmp_path / page.strip('/')}",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # offline: no other host
+                "--virtual-time-budget=60000",  # run the page's scripts and timers for 60 s of page time
+                "--dump-dom",
+                f"{iris_server.url}{page}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert drawn in chromium.stdout, chromium.stderr[-2000:]
+
+
+@pytest.mark.parametrize("model", ["digits", "iris"])
+def test_schemathesis_finds_no_failure(model, request, tmp_path):
+    """schemathesis, an API fuzzer nobody here wrote, against a real server with every check (``--checks
+    all``: no 5xx; statuses, headers and bodies as documented; bodies the schema allows accepted, those it
+    refuses refused; other methods 405 with ``Allow``), 50 examples per operation, a fixed seed, one worker,
+    no example database: the same requests every run. ``tests/schemathesis.toml`` says which statuses
+    accept and refuse (and why). max_inputs=4: its coverage phase builds arrays at their maxItems, and 64
+    nested (1, 8, 8) arrays take it minutes."""
+    files = request.getfixturevalue(f"{model}_files")
+    server = Server(files["onnx" if model == "digits" else "ckpt"], "max_inputs=4")
+    command = [
+        str(Path(sys.executable).parent / "st"),
+        *("--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run", f"{server.url}/openapi.json"),
+        *("--checks", "all", "--max-examples", "50", "--seed", "1", "--workers", "1"),
+        *("--generation-database", "none", "--request-timeout", "60", "--no-color"),
+    ]
+    fuzz = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert fuzz.returncode == 0 and "No issues found" in fuzz.stdout, fuzz.stdout[-5000:]
+    server.stop_cleanly()

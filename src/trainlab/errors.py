@@ -15,6 +15,11 @@ class DataError(TrainlabError):
     """A problem with the user's data or data settings."""
 
 
+class TooLarge(DataError):
+    """Inputs that would take more than the limits allow to read (a server's ``max_pixels``): refused before
+    they are decoded."""
+
+
 class CheckpointError(TrainlabError):
     """A checkpoint that cannot be used (missing, corrupt, unsafe, or for another model)."""
 

@@ -3,15 +3,21 @@ Runtime (``trainlab.inference.Predictor``), the same API and answers.
 
     GET  /health     {"status": "ok"}, and the batching so far (``Batcher.stats``)
     GET  /metadata   task, classes, input spec, the training run's test metrics, backend
-    POST /predict    image files (multipart), or JSON {"images": [base64...]}, {"rows": [{column: value}]},
-                     {"inputs": [raw input arrays]}; answers {"predictions": [{label, class_index,
-                     probabilities} or {value}, ...]}, one per input, in order
+    POST /predict    JSON with the model's kind of input ({"images": [base64...]}, {"rows": [{column: value}]}...)
+                     or raw inputs ({"inputs": [arrays]}), or files (multipart, for images); answers
+                     {"predictions": [{label, class_index, probabilities} or {value}, ...]}, one per input
+    GET  /docs       the API (OpenAPI: /openapi.json; also /redoc), its pages' scripts served from here
 
 Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
 event loop keeps reading requests, which form the next batch (up to ``max_batch_size`` inputs, waiting up
 to ``max_wait_ms`` for requests that are still being read); a lone request to a fast model runs in the event
-loop (``Batcher.inline``). ``GET /health`` says how the inputs were batched. Every bad request
-is a 4xx JSON ``{"error": ...}`` that names the problem; uvicorn stops gracefully on SIGTERM.
+loop (``Batcher.inline``). ``GET /health`` says how the inputs were batched. The event loop only moves
+bytes: a request's body is parsed and its inputs read (images decoded) in a thread (``DECODE_THREADS``), so
+that a heavy request never holds up the others nor ``/health``; images are refused from their headers
+beyond ``max_pixels``. What a request holds is the model's kind of input's to read (``InputKind``:
+``from_request``, ``from_files``, ``from_arrays``) and to describe in the OpenAPI schema. Every bad request is a 4xx JSON ``{"error": ...}`` that names
+the problem, each status documented in the OpenAPI schema, which says exactly what this model takes;
+uvicorn stops gracefully on SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,20 +38,25 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from trainlab.dataloader import InputKind
 from trainlab.dataloader.base import Inputs, count
-from trainlab.errors import ConfigError, DataError
+from trainlab.errors import ConfigError, DataError, TooLarge
 from trainlab.inference import Predictor
 
 log = logging.getLogger(__name__)
 
 INLINE_S = 0.001  # a lone request whose forward pass takes less runs in the event loop (Batcher.inline)
+# Threads that parse request bodies and decode images: two, so that a request at the max_pixels limit (about
+# a second) does not hold up small ones, while at most two such decodes (up to 5 bytes a pixel each) run at once.
+DECODE_THREADS = 2
 
 
 class BadRequest(Exception):
@@ -56,23 +67,24 @@ class BadRequest(Exception):
         self.status = status
 
 
-def request_model(kind: InputKind) -> type[BaseModel]:
-    """The JSON body of ``POST /predict`` for a model of ``kind`` inputs: one of two fields, each a list (one
-    input or many): the kind's own (``"images"``, ``"rows"``...) or ``"inputs"``, raw inputs as arrays."""
-    return create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        **{
-            kind.request_field: (
-                list[kind.request_type] | None,
-                Field(None, description=kind.request_description),
-            ),
-            "inputs": (
-                list[Any] | None,
-                Field(None, description=f"raw inputs as arrays of numbers ({kind.name})"),
-            ),
-        },
-    )
+class ErrorBody(BaseModel):
+    """Every answer but a prediction (any 4xx or 5xx status)."""
+
+    error: str = Field(description="what is wrong, and how to fix it")
+
+
+ERRORS = {
+    400: "The body follows the schema, but its content cannot be used (e.g. a file that is no image or does "
+    "not decode, base64 that is not, inputs of another shape than the model's, a row with an unknown column "
+    "or a feature column that no row has), or an answer is not a finite number (inputs far outside the "
+    "training data).",
+    413: "Too large: a body over max_body_mb, more inputs than max_inputs, or images that would decode to more "
+    "pixels than max_pixels (read from their headers).",
+    415: "A content type other than multipart/form-data or application/json.",
+    422: "A JSON body that the schema refuses: broken JSON, none or several of its fields, an empty list, a "
+    "value of another type, an unknown field.",
+    500: "A bug in trainlab, named in the message; the server keeps serving.",
+}
 
 
 class Batcher:
@@ -228,24 +240,33 @@ class BodyLimit:
         )
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of these error statuses: each the ``{"error": ...}`` body."""
+    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
 
 
 def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
     """The FastAPI application serving ``predictor`` with the settings of ``conf/serve.yaml``."""
-    spec, kind, max_inputs = predictor.spec, predictor.kind, cfg.max_inputs
+    spec, kind, max_inputs, max_pixels = predictor.spec, predictor.kind, cfg.max_inputs, int(cfg.max_pixels)
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
     body_model = request_model(kind)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher.serving()
         yield
+        decoder.shutdown(wait=True, cancel_futures=True)
         app.state.batcher.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with Swagger UI and ReDoc from the package, not from a CDN
         title=f"trainlab: {predictor.source.name}",
-        description=f"A {spec.task} model on {spec.kind} inputs, served with {predictor.backend}.",
+        description=f"A {spec.task} model on {spec.kind} inputs, served with {predictor.backend}. Errors are "
+        'JSON `{"error": "..."}` with a 4xx status (5xx: a bug); any other path answers 404, any other '
+        "method 405 with an `Allow` header.",
         lifespan=lifespan,
     )
     app.state.batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms)
@@ -259,55 +280,70 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
     async def bad_data(request: Request, error: DataError):
         return error_response(400, str(error))
 
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, error: TooLarge):
+        return error_response(413, str(error))
+
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
-        return error_response(error.status_code, str(error.detail))
+    async def http_error(request: Request, error: HTTPException):  # 404, 405 (its Allow header kept)
+        return error_response(error.status_code, str(error.detail), error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
         return error_response(422, describe(error.errors()))
+
+    @app.exception_handler(ClientDisconnect)
+    async def went_away(request: Request, error: ClientDisconnect):  # nobody to answer: one line, no traceback
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s %s: %s went away before its request was read", request.method, request.url.path, client)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, error: Exception):  # a bug in trainlab, still answered as JSON
         log.exception("error answering %s", request.url.path)
         return error_response(500, f"internal error ({type(error).__name__}: {error})")
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(413, 500))
     async def health() -> dict[str, Any]:
         """``{"status": "ok"}``, and how the inputs served so far were batched."""
         return {"status": "ok"} | app.state.batcher.stats()
 
-    @app.get("/metadata")
+    @app.get("/metadata", responses=error_responses(413, 500))
     async def metadata() -> dict[str, Any]:
-        return predictor.metadata() | {"max_inputs": max_inputs, "max_body_mb": cfg.max_body_mb}
-
-    body_schema = {"required": True, "content": {"application/json": {"schema": body_model.model_json_schema()}}}
-    if kind.file_uploads:
-        files = {"type": "array", "items": {"type": "string", "format": "binary"}}
-        body_schema["content"]["multipart/form-data"] = {
-            "schema": {"type": "object", "properties": {"file": files}}
+        return predictor.metadata() | {
+            "max_inputs": max_inputs,
+            "max_body_mb": cfg.max_body_mb,
+            "max_pixels": max_pixels,
         }
 
-    @app.post("/predict", openapi_extra={"requestBody": body_schema})
+    @app.post(
+        "/predict",
+        responses={200: {"content": {"application/json": {"schema": predictions_schema(predictor)}}}}
+        | error_responses(400, 413, 415, 422, 500),
+        openapi_extra={"requestBody": request_body(kind, max_inputs)},
+    )
     async def predict(request: Request) -> JSONResponse:
-        """Files (multipart, any field name, where the model takes them: images) or JSON (the model's kind of
-        input, e.g. images as base64 or rows, or raw inputs); one answer per input, in order:
+        """JSON (the model's kind of input, e.g. images as base64 or rows, or raw inputs) or files (multipart,
+        any field name, where the model takes them: images); one answer per input, in order:
         ``{"predictions": [{"label", "class_index", "probabilities"}]}``, or ``[{"value"}]`` for regression."""
         batcher: Batcher = request.app.state.batcher
         with batcher.reading_request():
-            raw = predictor.check(await read_request(request, kind, body_model, max_inputs))
-        # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
-        return JSONResponse({"predictions": await batcher(raw)})
+            body = await receive(request, max_inputs)
+            parse = functools.partial(read_inputs, predictor, body_model, body, max_inputs, max_pixels)
+            raw = await asyncio.get_running_loop().run_in_executor(decoder, parse)
+        return respond(await batcher(raw))
 
     return app
 
 
-async def read_request(request, kind: InputKind, body_model: type[BaseModel], max_inputs: int) -> Inputs:
-    """The raw inputs of a ``POST /predict`` request."""
+async def receive(request: Request, max_inputs: int) -> list[tuple[str, bytes]] | bytes:
+    """The body of a ``POST /predict`` request, unparsed: the files of a form (name, content), or JSON text.
+    The event loop only reads it; ``read_inputs`` parses it in a thread."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            async with request.form(max_files=max_inputs, max_fields=max_inputs) as form:  # closes the files
+            # text fields are ignored (starlette's limit: 1000); the files are the inputs, under any field name
+            async with request.form(max_files=max_inputs) as form:  # closes the files
                 files = [
                     (value.filename or key, await value.read())
                     for key, value in form.multi_items()
@@ -319,32 +355,149 @@ async def read_request(request, kind: InputKind, body_model: type[BaseModel], ma
                 status, f"the form could not be read: {error.detail} (max_inputs={max_inputs})"
             ) from None
         if not files:
-            raise BadRequest(400, "the form holds no file; send images as -F file=@photo.png")
-        return kind.from_files(files)
+            raise BadRequest(400, "the form holds no file; send files as -F file=@photo.png")
+        return files
     if not content_type.startswith("application/json"):
         raise BadRequest(
             415, f"content-type {content_type or 'none'}: send multipart/form-data files or application/json"
         )
+    return await request.body()
+
+
+def read_inputs(
+    predictor: Predictor,
+    body_model: type[BaseModel],
+    body: list[tuple[str, bytes]] | bytes,
+    max_inputs: int,
+    max_pixels: int,
+) -> Inputs:
+    """The checked raw inputs of a request's body (``receive``): JSON validated by ``body_model``
+    (``request_model``), then one of its fields read by the model's kind of input; or the form's files."""
+    kind = predictor.kind
+    if not isinstance(body, bytes):
+        return predictor.check(kind.from_files(body, max_pixels))
     try:
-        body = body_model.model_validate_json(await request.body())
+        request = body_model.model_validate_json(body)
     except ValidationError as error:
-        raise BadRequest(422, describe(error.errors())) from None
-    given = [name for name, value in body if value is not None]
+        message = describe(error.errors())
+        if all(e["loc"][:1] == ("inputs",) for e in error.errors()):
+            message = f"inputs are not arrays of numbers of one shape ({message})"
+        raise BadRequest(422, message) from None
+    given = sorted(request.model_fields_set)
     if len(given) != 1:
         raise BadRequest(422, f"give one of {kind.request_field} or inputs, not {given or 'none'}")
-    values = getattr(body, given[0])
+    values = getattr(request, given[0])
     if not values:
         raise BadRequest(422, f"{given[0]} is empty; give at least one input")
     if len(values) > max_inputs:
         raise BadRequest(
             413, f"{len(values)} inputs are more than the limit of {max_inputs} per request (max_inputs)"
         )
-    if given[0] == "inputs":
+    if given == ["inputs"]:
         try:
-            return kind.from_arrays(values)
-        except DataError as error:
+            raw = kind.from_arrays(values)
+        except DataError as error:  # not arrays of one shape: what the schema cannot say
             raise BadRequest(422, str(error)) from None
-    return kind.from_request(values)
+        return predictor.check(raw)  # arrays of another shape than the model's: a 400 naming it
+    return predictor.check(kind.from_request(values, max_pixels))
+
+
+def respond(answers: list[dict[str, Any]]) -> JSONResponse:
+    """The answers as JSON, which has no number for NaN or infinity: an answer that is one (the model's
+    output overflowed, for inputs far outside the training data) is a 400 naming the inputs."""
+    try:  # a JSONResponse: the answers are plain data already, FastAPI need not validate them again
+        return JSONResponse({"predictions": answers})
+    except ValueError:
+        bad = [i for i, answer in enumerate(answers) if not finite(answer)]
+        raise BadRequest(
+            400,
+            f"the model's answers to inputs {bad} are not finite numbers: their values are far outside the "
+            "training data's",
+        ) from None
+
+
+def finite(answer: dict[str, Any]) -> bool:
+    try:
+        json.dumps(answer, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+# -- what this model's server takes and answers: pydantic's reading of a JSON body, the OpenAPI schema -------
+def request_model(kind: InputKind) -> type[BaseModel]:
+    """pydantic's reading of a JSON body: one of two fields, each a list (one input or many): the kind's own
+    (``"images"``, ``"rows"``...) or ``"inputs"``, raw inputs as nested lists of numbers of the model's
+    input's rank (their sizes, and the number of inputs, checked after, by errors that name them)."""
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        **{kind.request_field: (list[kind.request_type], None), "inputs": (list[kind.arrays_type()], None)},
+    )
+
+
+def request_body(kind: InputKind, max_inputs: int) -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /predict`` for this model: JSON with exactly one field (oneOf two
+    objects, each requiring its own field and no other: the kind's, ``InputKind.request_schema``, and raw
+    ``inputs``), and a form of files where the kind takes files."""
+    fields = {
+        kind.request_field: kind.request_schema(),
+        "inputs": {
+            "description": f"raw inputs as the ONNX model takes them ({kind.description}, as numbers)",
+            "items": kind.arrays_schema(),
+        },
+    }
+    variants = [
+        {
+            "type": "object",
+            "title": name,
+            "properties": {name: {"type": "array", "minItems": 1, "maxItems": max_inputs} | field},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        for name, field in fields.items()
+    ]
+    content: dict[str, Any] = {"application/json": {"schema": {"oneOf": variants}}}
+    if kind.file_uploads:
+        files = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": max_inputs,
+            "items": {"type": "string", "format": "binary"},
+        }
+        description = f"{kind.description} as files; files under other field names count too"
+        content["multipart/form-data"] = {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": files | {"description": description}},
+                "additionalProperties": True,  # text fields: ignored
+            }
+        }
+    return {"required": True, "content": content}
+
+
+def predictions_schema(predictor: Predictor) -> dict[str, Any]:
+    """The answer: one prediction per input (``Predictor.answers``)."""
+    if predictor.task.is_classification:
+        names = predictor.spec.class_names
+        prediction = {
+            "properties": {
+                "label": {"type": "string", "enum": names},
+                "class_index": {"type": "integer", "minimum": 0, "maximum": len(names) - 1},
+                "probabilities": {
+                    "type": "object",
+                    "properties": {name: {"type": "number"} for name in names},
+                    "required": names,
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["label", "class_index", "probabilities"],
+        }
+    else:
+        prediction = {"properties": {"value": {"type": "number"}}, "required": ["value"]}
+    predictions = {"type": "array", "items": {"type": "object", "additionalProperties": False} | prediction}
+    return {"type": "object", "properties": {"predictions": predictions}, "required": ["predictions"]}
 
 
 def describe(errors: list[dict[str, Any]]) -> str:
@@ -356,7 +509,7 @@ def serve(cfg: DictConfig) -> None:
     """Load ``cfg.ckpt`` (a .ckpt or an .onnx), then serve it until SIGTERM or Ctrl-C."""
     import uvicorn
 
-    for key in ("max_batch_size", "max_inputs"):
+    for key in ("max_batch_size", "max_inputs", "max_pixels"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
     predictor = Predictor.load(Path(to_absolute_path(cfg.ckpt)), cfg.device, cfg.num_threads)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
+from pydantic import Strict
 from torch import nn
 
 from trainlab.errors import CheckpointError, DataError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from trainlab.dataloader.spec import InputSpec
 
 Read = tuple[list[str], "Inputs", torch.Tensor | None]  # the inputs' names, raw inputs, targets where known
+Number = Annotated[float, Strict()]  # a JSON number (true and false are none)
 
 
 class InputKind:
@@ -42,8 +44,8 @@ class InputKind:
         description: what the inputs are, for messages ("images", "table rows").
         files: what ``predict.py input=`` takes, for messages.
         request_field: the field of ``POST /predict``'s JSON body that holds a list of such inputs; one of
-            them is a ``request_type`` (for the request's validation and the OpenAPI schema), described by
-            ``request_description``.
+            them is a ``request_type`` (pydantic validates it), described by ``request_description``, and
+            ``request_schema()`` is the list's OpenAPI schema.
         file_uploads: whether files uploaded to ``POST /predict`` (multipart) are inputs of this kind.
         onnx_inputs: the names of the exported model's inputs, one per tensor of the raw inputs.
     """
@@ -113,18 +115,39 @@ class InputKind:
         """``predict.py input=<path>``: the inputs' names, raw inputs and targets where the files have them."""
         raise NotImplementedError
 
-    def from_request(self, values: list[Any]) -> Inputs:
-        """The raw inputs of ``request_field``'s values in a ``POST /predict`` body; bad ones: ``DataError``."""
+    def request_schema(self) -> dict[str, Any]:
+        """The OpenAPI schema of ``request_field``'s list in a request (``description``, ``items``...; the
+        server adds its type and length)."""
         raise NotImplementedError
 
-    def from_files(self, files: list[tuple[str, bytes]]) -> Inputs:
+    def from_request(self, values: list[Any], max_pixels: int | None = None) -> Inputs:
+        """The raw inputs of ``request_field``'s values in a ``POST /predict`` body; bad ones: ``DataError``.
+        ``max_pixels``: the most pixels a request's inputs may decode to (``TooLarge``); for images."""
+        raise NotImplementedError
+
+    def from_files(self, files: list[tuple[str, bytes]], max_pixels: int | None = None) -> Inputs:
         """The raw inputs of files uploaded to ``POST /predict`` (name, content), where ``file_uploads``."""
         raise DataError(
             f'this model takes {self.description}, not files: send JSON {{"{self.request_field}": [...]}}'
         )
 
+    def arrays_type(self) -> Any:
+        """The pydantic type of one raw input given as nested lists of numbers (``"inputs"`` of a request):
+        numbers nested as deep as ``input_shape`` (their sizes are checked by ``check``, naming them)."""
+        arrays: Any = Number
+        for _ in self.spec.inputs["input_shape"]:
+            arrays = list[arrays]
+        return arrays
+
+    def arrays_schema(self) -> dict[str, Any]:
+        """The OpenAPI schema of one raw input given as nested lists of numbers: arrays of ``input_shape``."""
+        schema: dict[str, Any] = {"type": "number"}
+        for size in reversed(self.spec.inputs["input_shape"]):
+            schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
+        return schema
+
     def from_arrays(self, values: list[Any]) -> Inputs:
-        """Raw inputs given as nested lists of numbers (``"inputs"`` of a request's JSON)."""
+        """Raw inputs given as nested lists of numbers (``"inputs"`` of a request's JSON, ``arrays_type``)."""
         try:
             return torch.tensor(values, dtype=torch.float32)
         except (ValueError, TypeError) as error:

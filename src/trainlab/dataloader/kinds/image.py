@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import io
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from trainlab.dataloader.base import Normalization
 from trainlab.dataloader.kinds import InputKind, Read
 from trainlab.dataloader.spec import Standardize
 from trainlab.dataloader.tensors import Splits, StandardizedData
-from trainlab.errors import DataError
+from trainlab.errors import DataError, TooLarge
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,12 +55,16 @@ class ImageKind(InputKind):
     def read(self, path: Path) -> Read:
         return read_images(self.spec, path)
 
-    def from_files(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
-        shape = self.spec.inputs["input_shape"]
-        return torch.stack([read_image(io.BytesIO(data), shape, name) for name, data in files])
+    def request_schema(self) -> dict[str, Any]:
+        return {"description": self.request_description, "items": {"type": "string", "format": "byte"}}
 
-    def from_request(self, values: list[Any]) -> torch.Tensor:
-        return self.from_files([(f"images[{i}]", decode_base64(i, text)) for i, text in enumerate(values)])
+    def from_files(self, files: list[tuple[str, bytes]], max_pixels: int | None = None) -> torch.Tensor:
+        shape = self.spec.inputs["input_shape"]
+        return read_image_files([(name, io.BytesIO(data)) for name, data in files], shape, max_pixels)
+
+    def from_request(self, values: list[Any], max_pixels: int | None = None) -> torch.Tensor:
+        files = [(f"images[{i}]", decode_base64(i, text)) for i, text in enumerate(values)]
+        return self.from_files(files, max_pixels)
 
 
 def decode_base64(index: int, text: str) -> bytes:
@@ -138,7 +143,7 @@ def _to_tensor(input_shape: tuple[int, int, int], to_float: bool, image) -> torc
     channels, height, width = input_shape
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
-    if channels == 1 and image.mode != "L":  # images are read as RGB (grey files as they are: read_image)
+    if channels == 1 and image.mode != "L":  # images are read as RGB (grey files as they are: decode_image)
         image = image.convert("L")
     pixels = np.asarray(image).reshape(height, width, -1).transpose(2, 0, 1)  # a read-only view
     if to_float:  # uint8 to float32, then times 1 / 255 in float32: torch's arithmetic, in numpy
@@ -168,19 +173,69 @@ def read_class_folders(folder: Path, input_shape: Sequence[int], to_float: bool 
         ) from None
 
 
-def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None) -> torch.Tensor:
-    """One image file (or file object, ``name`` saying which: a server's upload) as the model's raw input
-    (C, H, W) in [0, 1]. A file that is no image, or a truncated or oversized one, is a ``DataError``."""
+def open_image(source: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None):
+    """An image file opened but not decoded: PIL reads only its header (size, mode). A JPEG is set to decode
+    at the smallest power-of-two reduction (1/2 to 1/8) still at least the model's size (``Image.draft``:
+    the JPEG decoder scales while decoding, so a 12 MP photo for a 224x224 model decodes 64x fewer pixels);
+    ``image.size`` is the size it will decode to. A file that is no image is a ``DataError``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            grey = image.mode == "L" and input_shape[0] == 1  # as RGB and back to grey: the same pixels
-            return image_transform(input_shape)(image if grey else image.convert("RGB"))
+        image = Image.open(source)
     except UnidentifiedImageError:
-        raise DataError(f"{name or path} is not an image; this model predicts on image files") from None
+        raise DataError(f"{name or source} is not an image; this model predicts on image files") from None
+    except Image.DecompressionBombError as error:  # PIL's own limit, checked as it opens the file
+        raise TooLarge(f"{name or source} is too large to decode ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:  # a header PIL knows but cannot read
+        raise DataError(f"{name or source} is not a readable image ({error})") from None
+    image.draft(None, (input_shape[2], input_shape[1]))  # a no-op but for JPEGs
+    return image
+
+
+def decode_image(image, input_shape: Sequence[int], name: str) -> torch.Tensor:
+    """An image from ``open_image`` decoded as the model's raw input (C, H, W) in [0, 1]; a truncated or
+    corrupt file is a ``DataError``."""
+    from PIL import Image
+
+    # grey files for a 1-channel model straight to grey: the pixels of the RGB round trip, a quarter the memory
+    mode = "L" if input_shape[0] == 1 and image.mode in ("1", "L") else "RGB"
+    try:
+        return image_transform(input_shape)(image if image.mode == mode else image.convert(mode))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's decoding errors
-        raise DataError(f"{name or path} is not a readable image ({error})") from None
+        raise DataError(f"{name} is not a readable image ({error})") from None
+
+
+def read_image(path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None) -> torch.Tensor:
+    """One image file (or file object, ``name`` saying which) as the model's raw input (C, H, W) in [0, 1].
+    A file that is no image, or a truncated or oversized one, is a ``DataError``."""
+    with open_image(path, input_shape, name) as image:
+        return decode_image(image, input_shape, name or str(path))
+
+
+def read_image_files(
+    files: Sequence[tuple[str, IO[bytes]]], input_shape: Sequence[int], max_pixels: int | None
+) -> torch.Tensor:
+    """Image files (a server's uploads: ``(name, file)``) as raw inputs (N, C, H, W), decoding at most
+    ``max_pixels`` pixels in all: every header is read first, and files that would decode to more together
+    are ``TooLarge``, naming their sizes, before any pixel is decoded. The cost of decoding (time and
+    memory) grows with the pixels decoded, not with the bytes sent: a 17 KB PNG can hold 144 MP."""
+    with contextlib.ExitStack() as opened:
+        images = [opened.enter_context(open_image(file, input_shape, name)) for name, file in files]
+        sizes = [image.size for image in images]
+        total = sum(width * height for width, height in sizes)
+        if max_pixels is not None and total > max_pixels:
+            largest = max(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1])
+            width, height = sizes[largest]
+            which = f"{files[largest][0]} decodes to {width}x{height} pixels ({width * height / 1e6:.1f} MP)"
+            if len(files) > 1:
+                which = f"the {len(files)} images decode to {total / 1e6:.1f} MP in all (the largest, {which})"
+            raise TooLarge(
+                f"{which}, over the limit of {max_pixels / 1e6:g} MP per request (max_pixels); "
+                "send smaller images, or fewer per request"
+            )
+        return torch.stack(
+            [decode_image(image, input_shape, name) for image, (name, _) in zip(images, files, strict=True)]
+        )
 
 
 def read_images(spec: InputSpec, path: Path) -> Read:

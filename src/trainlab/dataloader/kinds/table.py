@@ -84,13 +84,32 @@ class TableKind(InputKind):
     def read(self, path: Path) -> Read:
         return read_rows(self.spec, path)
 
-    def from_request(self, values: list[Any]) -> torch.Tensor:
-        """JSON rows, every key a column of the training table (the target's too, ignored)."""
+    def request_schema(self) -> dict[str, Any]:
+        """Rows of the model's columns: numbers (or null: missing) where a column held numbers, any value in a
+        category column (one not among its categories: none of them); every column in some row."""
+        fields = self.spec.inputs
+        value = {"type": ["string", "number", "boolean", "null"]}
+        columns = {
+            column["name"]: {"type": ["number", "null"]}
+            if column["type"] == "number"
+            else value | {"description": f"categories: {', '.join(map(str, column['categories']))}"}
+            for column in fields["columns"]
+        }
+        if fields["target"]:
+            columns[fields["target"]] = value | {"description": "the target: ignored"}
+        return {
+            "description": self.request_description,
+            "items": {"type": "object", "properties": columns, "additionalProperties": False},
+            "allOf": [{"contains": {"required": [column["name"]]}} for column in fields["columns"]],
+        }
+
+    def from_request(self, values: list[Any], max_pixels: int | None = None) -> torch.Tensor:
+        """JSON rows, every key a column of the training table (the target's too, ignored); a number column
+        takes JSON numbers or null (missing)."""
         fields = self.spec.inputs
         known = {column["name"] for column in fields["columns"]} | {fields["target"]}
+        numbers = {column["name"] for column in fields["columns"] if column["type"] == "number"}
         for i, row in enumerate(values):
-            if not isinstance(row, dict):
-                raise DataError(f"rows[{i}] is not an object of column: value")
             nested = [name for name, value in row.items() if isinstance(value, dict | list)]
             if nested:
                 raise DataError(f"rows[{i}][{nested[0]!r}] is not a number or text: a cell holds one value")
@@ -100,7 +119,14 @@ class TableKind(InputKind):
                     f"rows[{i}] has unknown column(s) {', '.join(unknown)}; the model's columns are "
                     f"{', '.join(c['name'] for c in fields['columns'])}"
                 )
-        return encode_rows(self.spec, values, "the rows")
+            text = [name for name in numbers & row.keys() if not is_number(row[name])]
+            if text:
+                raise DataError(
+                    f"column {text[0]!r} held numbers in training, but row {i} has {row[text[0]]!r}; send a "
+                    "number, or null for a missing value"
+                )
+        with np.errstate(over="ignore"):  # a number beyond float32's range is infinite: its answer refused
+            return encode_rows(self.spec, values, "the rows")
 
 
 class TableData(StandardizedData):
@@ -168,6 +194,11 @@ class TableData(StandardizedData):
             "feature_names": self.feature_names,
             "na_values": self.na_values,
         }
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number or null (a missing value): what a column of numbers takes in a request."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def read_table(path: Path, na_values: Sequence[str] | None = None) -> pd.DataFrame:
