@@ -152,15 +152,17 @@ def accumulating_rank(rank: int, init_file: str, run_dir: str, counts) -> None:
 def test_accumulated_gradients_are_all_reduced_once_per_optimizer_step(tmp_path):
     """3 batches per optimizer step: each rank all-reduces its gradients once per step (no_sync on the two
     batches that only accumulate), and ends with the weights of one process accumulating the same batches."""
-    counts = torch.multiprocessing.Manager().dict()
     (tmp_path / "ddp").mkdir()  # Hydra makes a run dir; train() alone does not
-    torch.multiprocessing.spawn(
-        accumulating_rank, args=(str(tmp_path / "init"), str(tmp_path / "ddp"), counts), nprocs=2
-    )
+    with torch.multiprocessing.Manager() as manager:
+        shared = manager.dict()
+        torch.multiprocessing.spawn(
+            accumulating_rank, args=(str(tmp_path / "init"), str(tmp_path / "ddp"), shared), nprocs=2
+        )
+        counts = dict(shared)
     single = train(make_config(*ACCUMULATE), tmp_path / "single")
     steps = single["global_step"]
     assert steps == -(-make_data(*ACCUMULATE).num_batches("train") // 3) and steps > 1
-    assert dict(counts) == {0: (steps, steps), 1: (steps, steps)}
+    assert counts == {0: (steps, steps), 1: (steps, steps)}
     ddp_weights, single_weights = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for name, tensor in ddp_weights.items():
         torch.testing.assert_close(tensor, single_weights[name], rtol=0, atol=1e-5)
