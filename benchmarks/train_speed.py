@@ -390,11 +390,11 @@ def load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (from ``SECTION`` to the next ``## `` heading), keeping
-    the sections other benchmarks write."""
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace a benchmark's section of ``path`` (from its ``heading``, this one's by default, to the next
+    ``## `` heading), keeping the sections other benchmarks write."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     section = section.rstrip("\n") + "\n\n"
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text, count=1)

@@ -51,7 +51,6 @@ class Task:
         scaled = (targets.to(outputs.dtype) - self.target_mean) / self.target_std
         return F.mse_loss(outputs.squeeze(-1), scaled)
 
-    @torch.no_grad()
     def loss_gradient(
         self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0, scale: float = 1.0
     ) -> torch.Tensor:
@@ -61,7 +60,7 @@ class Task:
         none: its metrics take the loss from the outputs, ``DeferredMetrics``). Autograd's cross-entropy with
         label smoothing runs 4x the operations of the plain one, forward and backward: 40-80 us more a step
         of a small model on a CPU; this costs the same with or without it, a little less than the plain one."""
-        logits = outputs.detach().float()
+        logits = outputs.detach().float()  # no autograd graph: nothing of this is recorded
         if self.kind == "multiclass":  # softmax minus the (smoothed) one-hot targets
             gradient = logits.softmax(-1).sub_(
                 soft_targets(logits.shape[-1], label_smoothing, logits.device).index_select(0, targets)
