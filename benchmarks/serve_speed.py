@@ -398,56 +398,21 @@ def main() -> None:
             cpu_ms, main_busy, client_ms = np.median(cpu[(name, concurrency)], axis=0)
             per_worker = ", ".join(split.get((name, concurrency), []))
             rows.append(
-                (
-                    model_name,
-                    name,
-                    concurrency,
-                    rps,
-                    p50,
-                    p99,
-                    throughput,
-                    latency,
-                    per_pass,
-                    cpu_ms,
-                    main_busy,
-                    client_ms,
-                    per_worker,
-                )
+                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | "
+                f"{latency:.2f}x | {per_pass} | {cpu_ms:.2f} | {main_busy:.0%} | {client_ms:.2f} | {per_worker} |"
             )
-        rows.append((model_name, "forward", times, floor))
+        rows.append(
+            f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['torch_b1']:.3f} / "
+            f"{times['torch_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode "
+            f"{times['decode']:.3f} ms; GET /health round trip {floor:.3f} ms | | | | | | | | | | | |"
+        )
         checks += targets(model_name, results)
     print(f"load average before {load_before}, after {os.getloadavg()}; {os.cpu_count()} cores")
     print(
         "| model | server | concurrency | requests/s | p50 ms | p99 ms | throughput vs plain (median of rounds) | p50 vs plain | requests per forward pass | server CPU ms per request | busiest event loop | client CPU ms per request | requests per worker, each round |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        if row[1] == "forward":
-            model_name, _, times, floor = row
-            print(
-                f"| {model_name} | model alone, ms per input at batch 1 / 16: torch {times['torch_b1']:.3f} / "
-                f"{times['torch_b16']:.3f}, ONNX Runtime {times['onnx_b1']:.3f} / {times['onnx_b16']:.3f}; PNG decode {times['decode']:.3f} ms; GET /health round trip "
-                f"{floor:.3f} ms | | | | | | | | | | | |"
-            )
-        else:
-            (
-                model_name,
-                name,
-                concurrency,
-                rps,
-                p50,
-                p99,
-                throughput,
-                latency,
-                per_pass,
-                cpu_ms,
-                main_busy,
-                client_ms,
-                per_worker,
-            ) = row
-            print(
-                f"| {model_name} | {name} | {concurrency} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {throughput:.2f}x | {latency:.2f}x | {per_pass} | {cpu_ms:.2f} | {main_busy:.0%} | {client_ms:.2f} | {per_worker} |"
-            )
+    print("\n".join(rows))
     print()
     print("\n".join(f"- {name}: {what}" for name, what in SERVERS.items() if name in chosen))
     print()
