@@ -281,9 +281,8 @@ class Trainer:
                 state.scheduler.step()
         return outputs.detach()
 
-    @torch.no_grad()
     def _loss(self, data: BatchedData, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """A training batch's loss (label smoothing included), in fp32, from its outputs."""
+        """A training batch's loss (label smoothing included), in fp32, from its (detached) outputs."""
         return data.task.loss(outputs.float(), y, self.label_smoothing)
 
     def evaluate(
