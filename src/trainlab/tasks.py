@@ -71,7 +71,7 @@ class Task:
         else:  # twice the error in standardised units
             scaled = (targets.to(logits.dtype) - self.target_mean) / self.target_std
             gradient = logits.sub(scaled.view_as(logits)).mul_(2)
-        return gradient.mul_(scale / len(targets)).to(outputs.dtype)
+        return gradient.mul_(scale / targets.shape[0]).to(outputs.dtype)
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Class indices for classification, values in the data's units for regression."""

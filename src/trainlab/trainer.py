@@ -266,7 +266,7 @@ class Trainer:
         with sync:
             with self.autocast():
                 outputs = call(train_model, x)
-            weight = self._loss_weight(data, len(y), state.loop.batch_in_epoch)
+            weight = self._loss_weight(data, y.shape[0], state.loop.batch_in_epoch)
             gradient = data.task.loss_gradient(outputs, y, self.label_smoothing, weight)
             outputs.backward(state.scaler.scale(gradient))
         if stepped:
