@@ -71,7 +71,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HAND_WRITTEN = ROOT / "benchmarks" / "hand_written.py"
-SECTION = "## Training"  # this benchmark's section of docs/benchmarks.md; other benchmarks write their own
+
+
+def section(threads: int | None) -> str:
+    """This benchmark's section of docs/benchmarks.md, one per thread setting (other benchmarks write their
+    own)."""
+    if threads is None:
+        return "## Training, torch's default threads"
+    return f"## Training, {threads} torch thread{'s' if threads > 1 else ''} per process"
+
+
 MODELS = {  # trainlab's overrides for the networks that hand_written.network writes out
     "mlp": ["model=mlp", "model.hidden_sizes=[500]", "model.dropout=0.0"],
     "cnn": ["model=cnn"],
@@ -390,17 +399,17 @@ def load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def write_section(path: Path, section: str, heading: str = SECTION) -> None:
-    """Replace a benchmark's section of ``path`` (from its ``heading``, this one's by default, to the next
-    ``## `` heading), keeping the sections other benchmarks write."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+def write_section(path: Path, text: str, heading: str) -> None:
+    """Replace a benchmark's section of ``path`` (from its ``heading`` to the next ``## `` heading) with
+    ``text``, keeping the sections other benchmarks write."""
+    document = path.read_text() if path.is_file() else "# Benchmarks\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip("\n") + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
+    text = text.rstrip("\n") + "\n\n"
+    if pattern.search(document):
+        document = pattern.sub(lambda _: text, document, count=1)
     else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+        document = document.rstrip("\n") + "\n\n" + text
+    path.write_text(document.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_section(args.output, report)
-    print(f"written to the {SECTION!r} section of {args.output}", file=sys.stderr)
+    write_section(args.output, report, section(args.threads))
+    print(f"written to the {section(args.threads)!r} section of {args.output}", file=sys.stderr)
     return 0
 
 
@@ -465,7 +474,7 @@ def bench(args: argparse.Namespace, command: str) -> str:
                 )
     startup_times = None if args.no_startup else startup(args, env)
     lines = [
-        SECTION,
+        section(args.threads),
         "",
         f"Written by `{command}` on {datetime.now():%Y-%m-%d %H:%M}: {machine(args.threads)}; load average "
         f"{load_before} before, {load_average()} after (1/5/15 min). {args.repeats} rounds; the tables show "
