@@ -103,6 +103,11 @@ class InputKind:
         """Per ONNX input, its axes of any size by name: the batch, where raw inputs are one tensor."""
         return [{0: "batch"}]
 
+    def onnx_axis_max(self) -> dict[str, int]:
+        """The largest size of a named dynamic axis, where inputs have one (a text's length: ``max_length``):
+        a model may be traced for those sizes alone (an RNN runs that many steps)."""
+        return {}
+
     def check(self, raw: Inputs) -> Inputs:
         """``raw`` as the model takes it, or a ``DataError`` saying how it does not fit."""
         shape = list(self.spec.inputs["input_shape"])

@@ -263,6 +263,9 @@ class TextKind(InputKind):
     def onnx_dynamic_axes(self) -> list[dict[int, str]]:
         return [{0: "batch", 1: "length"}, {0: "batch"}]
 
+    def onnx_axis_max(self) -> dict[str, int]:
+        return {"length": self.spec.inputs["max_length"]}
+
     def check(self, raw: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (N, L) and lengths (N,), integers: ids within the vocabulary, lengths in 1 ... L, L at most
         ``max_length``."""
