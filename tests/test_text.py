@@ -10,11 +10,21 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import QUIET, cli, cli_main, make_config, make_data, read_csv, read_metrics
+from conftest import (
+    FULL_WIDTH_FREE,
+    QUIET,
+    cli,
+    cli_main,
+    make_config,
+    make_data,
+    messages,
+    read_csv,
+    read_metrics,
+    write_tsv,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_serve import Server
 
@@ -25,42 +35,7 @@ from trainlab.inference import Predictor
 from trainlab.predict import predict
 from trainlab.run import build, train
 
-SPAM = ["free", "win", "prize", "cash", "claim", "urgent", "txt", "reply", "offer", "£1000"]
-HAM = ["see", "you", "later", "home", "dinner", "love", "ok", "tomorrow", "going", "café"]
-COMMON = ["the", "a", "to", "i", "is", "and", "it", "for", "on", "with", "my", "your"]
 MODELS = ["embedding_bag", "rnn", "transformer"]
-
-
-def messages(n: int = 300, seed: int = 0) -> list[tuple[str, str]]:
-    """(label, text): about 30% spam; each message 2-4 words of its class among common ones, one in ten with
-    a word of the other class; quotes that open and never close, full-width letters, accents and emoji."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = "spam" if rng.random() < 0.3 else "ham"
-        own, other = (SPAM, HAM) if label == "spam" else (HAM, SPAM)
-        words = list(rng.choice(own, rng.integers(2, 5))) + list(rng.choice(COMMON, rng.integers(2, 8)))
-        if rng.random() < 0.1:
-            words.append(str(rng.choice(other)))
-        rng.shuffle(words)
-        text = " ".join(words)
-        if i % 7 == 0:
-            text = f'"{text}'  # an opening quote and no closing one
-        if i % 11 == 0:
-            text = text.replace("free", "ＦＲＥＥ")  # NFKC: FREE, then lowercased
-        if i % 13 == 0:
-            text += " 😀 ok?!"
-        rows.append((label, text))
-    return rows
-
-
-def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    """Tab-separated, no quoting (as the SMS Spam Collection): header, an empty line, an empty message."""
-    lines = ["label\ttext"] + [f"{label}\t{text}" for label, text in rows]
-    lines.insert(5, "")  # a blank line: skipped
-    lines.insert(9, "ham\t")  # a message with no text: dropped from training
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -143,7 +118,7 @@ def test_the_tokenizer_cleans_counts_rare_words_and_cuts_long_texts(corpus, capl
     cut = [r.getMessage() for r in caplog.records if "longer than max_length=6" in r.getMessage()]
     assert cut and all(int(line.split()[0]) > 0 for line in cut)
     kind = TextKind(data.input_spec())
-    tokens = kind.tokenizer.encode("ＦＲＥＥ Prize 1000 zyzzyva").tokens
+    tokens = kind.tokenizer.encode(f"{FULL_WIDTH_FREE} Prize 1000 zyzzyva").tokens
     assert tokens == ["free", "prize", "xxnum", "[UNK]"]  # NFKC, lowercase, a placeholder, a word never seen
     (ids, lengths), _ = next(data.train_batches(0))
     assert ids.dtype == torch.int64 and ids.shape[1] == int(lengths.max()) <= 6  # the batch's own longest
