@@ -210,16 +210,23 @@ def test_predict_and_serve_without_the_training_file(runs, corpus, tmp_path, mon
 
 
 def test_tensorboard_shows_misclassified_texts_and_the_confusion_matrix(runs):
-    events = EventAccumulator(
-        str(runs["embedding_bag"] / "tensorboard"), size_guidance={"tensors": 0, "images": 0}
-    )
-    events.Reload()
-    assert "test/confusion_matrix" in events.Tags()["images"]
-    tensors = events.Tags()["tensors"]
-    assert "inputs/train/text_summary" in tensors
-    (first,) = events.Tensors("inputs/train/text_summary")
-    table = first.tensor_proto.string_val[0].decode()
-    assert table.startswith("| | text |") and ("true ham" in table or "true spam" in table)
+    def tables(run_dir: Path) -> dict[str, str]:
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "images": 0})
+        events.Reload()
+        assert "test/confusion_matrix" in events.Tags()["images"]
+        return {
+            tag.removesuffix("/text_summary"): events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+            for tag in events.Tags()["tensors"]
+            if tag.endswith("/text_summary")
+        }
+
+    shown = {model: tables(run_dir) for model, run_dir in runs.items()}
+    assert all(table["inputs/train"].startswith("| | text |\n|---|---|\n| ") for table in shown.values())
+    wrong = [model for model in MODELS if read_metrics(runs[model])["test/acc"] < 1]
+    assert wrong, "the scenario needs a model that got some test texts wrong"
+    for model in wrong:
+        rows = shown[model]["test/misclassified"].splitlines()[2:]
+        assert rows and all(row.startswith(("| true ham, pred spam |", "| true spam, pred ham |")) for row in rows)
 
 
 # -- bad input ------------------------------------------------------------------------------------------------
