@@ -217,11 +217,14 @@ def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
 
 
 def own_data(option: str, folder: Path) -> list[str]:
-    """The settings that ``dataset=<option>`` for a user's own files requires (``csv``, ``image_folder``),
-    pointing at small files written into ``folder`` (``write_csv``, ``write_images``); none for the others."""
+    """The settings that ``dataset=<option>`` for a user's own files requires (``csv``, ``image_folder``,
+    ``text``), pointing at small files written into ``folder`` (``write_csv``, ``write_images``,
+    ``write_tsv``); none for the others."""
     if option == "csv":
         path = write_csv(folder / "people.csv")
         return [f"dataset.path={path}", "dataset.target=label", "dataset.missing=impute"]
+    if option == "text":
+        return [f"dataset.path={write_tsv(folder / 'messages.tsv', messages(60))}"]
     if option == "image_folder":
         root = write_images(folder / "photos", per_class=6, size=8)
         return [f"dataset.root={root}", "dataset.image_size=8", "dataset.num_workers=0"]
@@ -244,3 +247,41 @@ def write_images(root: Path, per_class: int, size: int = 16, seed: int = 0) -> P
             image += rng.normal(0, 15, (size, size, 3))
             Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+SPAM = ["free", "win", "prize", "cash", "claim", "urgent", "txt", "reply", "offer", "£1000"]
+HAM = ["see", "you", "later", "home", "dinner", "love", "ok", "tomorrow", "going", "café"]
+COMMON = ["the", "a", "to", "i", "is", "and", "it", "for", "on", "with", "my", "your"]
+FULL_WIDTH_FREE = "\uff26\uff32\uff25\uff25"  # FREE in full-width letters, which NFKC makes plain
+
+
+def messages(n: int = 300, seed: int = 0) -> list[tuple[str, str]]:
+    """(label, text): about 30% spam; each message 2-4 words of its class among common ones, one in ten with
+    a word of the other class; quotes that open and never close, full-width letters, accents and emoji."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = "spam" if rng.random() < 0.3 else "ham"
+        own, other = (SPAM, HAM) if label == "spam" else (HAM, SPAM)
+        words = list(rng.choice(own, rng.integers(2, 5))) + list(rng.choice(COMMON, rng.integers(2, 8)))
+        if rng.random() < 0.1:
+            words.append(str(rng.choice(other)))
+        rng.shuffle(words)
+        text = " ".join(words)
+        if i % 7 == 0:
+            text = f'"{text}'  # an opening quote and no closing one
+        if i % 11 == 0:
+            text = text.replace("free", FULL_WIDTH_FREE)  # NFKC: FREE, then lowercased
+        if i % 13 == 0:
+            text += " 😀 ok?!"
+        rows.append((label, text))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Tab-separated, no quoting (as the SMS Spam Collection): header, an empty line, an empty message."""
+    lines = ["label\ttext"] + [f"{label}\t{text}" for label, text in rows]
+    lines.insert(5, "")  # a blank line: skipped
+    lines.insert(9, "ham\t")  # a message with no text: dropped from training
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

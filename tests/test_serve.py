@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, make_config, read_csv
+from conftest import ROOT, make_config, messages, read_csv, write_tsv
 from PIL import Image
 from test_predict import run_predict, write_table_csv
 
@@ -102,6 +102,16 @@ def iris_files(tmp_path_factory) -> dict:
     rows = folder / "rows.csv"
     write_table_csv(rows, "iris", slice(0, 150, 10))
     return {"ckpt": folder / "run" / "checkpoints" / "best.ckpt", "rows": rows, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict:
+    """A small text classifier (embedding_bag) trained on ``messages()``."""
+    folder = tmp_path_factory.mktemp("texts")
+    corpus = write_tsv(folder / "messages.tsv", messages())
+    overrides = ("dataset=text", f"dataset.path={corpus}", "model=embedding_bag", "trainer.max_epochs=2")
+    train(make_config(*overrides), folder / "run")
+    return {"ckpt": folder / "run" / "checkpoints" / "best.ckpt", "folder": folder}
 
 
 @pytest.fixture(scope="module")
@@ -447,7 +457,7 @@ def test_api_docs_render_offline_in_chromium(iris_server, tmp_path):
         assert drawn in chromium.stdout, chromium.stderr[-2000:]
 
 
-@pytest.mark.parametrize("model", ["digits", "iris"])
+@pytest.mark.parametrize("model", ["digits", "iris", "text"])
 def test_schemathesis_finds_no_failure(model, request, tmp_path):
     """schemathesis, an API fuzzer nobody here wrote, against a real server with every check (``--checks
     all``: no 5xx; statuses, headers and bodies as documented; bodies the schema allows accepted, those it
@@ -456,7 +466,7 @@ def test_schemathesis_finds_no_failure(model, request, tmp_path):
     accept and refuse (and why). max_inputs=4: its coverage phase builds arrays at their maxItems, and 64
     nested (1, 8, 8) arrays take it minutes."""
     files = request.getfixturevalue(f"{model}_files")
-    server = Server(files["onnx" if model == "digits" else "ckpt"], "max_inputs=4")
+    server = Server(files.get("onnx", files["ckpt"]), "max_inputs=4")
     command = [
         str(Path(sys.executable).parent / "st"),
         *("--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run", f"{server.url}/openapi.json"),

@@ -85,10 +85,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 def to_onnx(model: nn.Module, kind: InputKind) -> torch.onnx.ONNXProgram:
     """``model`` (taking ``kind``'s raw inputs) as an ONNX program whose inputs are named and have the axes of
-    any size the kind says (``onnx_inputs``, ``onnx_dynamic_axes``: the batch, a text's length...); a model
+    any size the kind says (``onnx_inputs``, ``onnx_dynamic_axes``: the batch, a text's length..., up to
+    ``onnx_axis_max``); a model
     that cannot be exported is a one-line ``CheckpointError`` naming the layer."""
-    axes = kind.onnx_dynamic_axes()
-    dims = {name: torch.export.Dim(name) for name in {name for per_input in axes for name in per_input.values()}}
+    axes, largest = kind.onnx_dynamic_axes(), kind.onnx_axis_max()
+    names = {name for per_input in axes for name in per_input.values()}
+    dims = {name: torch.export.Dim(name, max=largest.get(name)) for name in names}
     dynamic_shapes = tuple({axis: dims[name] for axis, name in per_input.items()} for per_input in axes)
     try:
         # InferenceModel.forward(*raw): its inputs are one variadic argument, so are their shapes

@@ -250,6 +250,6 @@ def read_images(spec: InputSpec, path: Path) -> Read:
             )
         labels = torch.tensor([spec.class_names.index(folder.classes[t]) for t in folder.targets])
         images = torch.stack([folder[i][0] for i in range(len(folder))])
-        return [p for p, _ in folder.samples], images, labels
+        return Read([p for p, _ in folder.samples], images, labels)
     files = image_files(path)
-    return [str(f) for f in files], torch.stack([read_image(f, input_shape) for f in files]), None
+    return Read([str(f) for f in files], torch.stack([read_image(f, input_shape) for f in files]))

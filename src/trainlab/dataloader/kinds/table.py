@@ -426,4 +426,4 @@ def read_rows(spec: InputSpec, path: Path) -> Read:
     x, incomplete = encode_features(frame, fields["columns"], fields["na_values"], str(path), fields["target"])
     if incomplete.any():
         log.info("%s: %d rows with missing values, filled with the training means", path.name, incomplete.sum())
-    return [str(i) for i in range(len(frame))], x, encode_targets(spec, frame, str(path))
+    return Read([str(i) for i in range(len(frame))], x, encode_targets(spec, frame, str(path)))
