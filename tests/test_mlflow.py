@@ -68,9 +68,13 @@ def test_a_run_reads_back_in_mlflow_with_every_epoch_and_the_test_metrics(tmp_pa
         assert artifact(run, picture).read_bytes().startswith(b"\x89PNG"), picture
 
 
-def test_a_sweep_is_one_experiment_and_its_repeats_are_tagged_with_their_group(tmp_path):
+@pytest.mark.filterwarnings("error::UserWarning")  # how Hydra reports a callback's error (the sweep's summary)
+def test_a_sweep_is_one_experiment_and_its_repeats_are_tagged_with_their_group(tmp_path, monkeypatch):
+    """Hydra's basic launcher, all jobs in one process: each gets its own MLflow run, named by its job dir
+    (which the run-only settings, logger.mlflow.* included, do not name)."""
+    monkeypatch.chdir(tmp_path)
     store = tmp_path / "mlflow.db"
-    done = cli(
+    code, stderr = cli_main(
         "train.py",
         "-m",
         "optimizer.lr=0.001,0.01",
@@ -80,16 +84,20 @@ def test_a_sweep_is_one_experiment_and_its_repeats_are_tagged_with_their_group(t
         f"logger.mlflow.tracking_uri=sqlite:///{store}",
         "~callbacks.pictures",
         QUIET,
-        cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stderr
+    assert code == 0, stderr
     (sweep_dir,) = [p.parent for p in tmp_path.rglob("multirun.yaml")]
     runs = runs_in(store)
     client = MlflowClient(f"sqlite:///{store}")
     assert {client.get_experiment(run.experiment_id).name for run in runs} == {
         str(sweep_dir.relative_to(tmp_path))
     }
-    assert sorted(run["tags.mlflow.runName"] for run in runs) == sorted(p.name for p in sweep_dir.glob("[0-9]_*"))
+    jobs = sorted(p.name for p in sweep_dir.glob("[0-9]_*"))
+    assert jobs == [
+        f"{i}_optimizer.lr={lr},seed={seed},trainer.max_epochs=1"
+        for i, (lr, seed) in enumerate([(0.001, 0), (0.001, 1), (0.01, 0), (0.01, 1)])
+    ]
+    assert sorted(run["tags.mlflow.runName"] for run in runs) == jobs
     assert {run["tags.sweep"] for run in runs} == {str(sweep_dir.relative_to(tmp_path))}
     groups = sorted((run["tags.group"], run["params.seed"]) for run in runs)
     assert groups == [  # without the run-only settings (logger, progress...)

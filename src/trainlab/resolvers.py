@@ -7,7 +7,7 @@ import os
 import time
 from datetime import datetime
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 MAX_NAME = 150  # characters of a job's folder name; file systems allow 255
 
@@ -55,12 +55,16 @@ def run_name(overrides: str) -> str:
     return name if len(name) <= MAX_NAME else name[: MAX_NAME - 3] + "..."
 
 
-def unnamed_settings() -> list[str]:
+def unnamed_settings(*, _root_: DictConfig) -> list[str]:
     """``${trainlab.unnamed_settings:}``: the settings that do not name a sweep's run dirs (Hydra's
-    ``override_dirname.exclude_keys``): the run-only ones and paths of ``trainlab.settings``."""
+    ``override_dirname.exclude_keys``): the run-only ones and paths of ``trainlab.settings``, and the keys of
+    the job's overrides inside one of their nodes (``logger.mlflow.tracking_uri``), since Hydra leaves out
+    only the keys it is given, exactly."""
     from trainlab import settings
 
-    return list(settings.NOT_HPARAMS)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in OmegaConf.select(_root_, "hydra.overrides.task", default=[])]
+    inside = [key for key in given if settings.among(key, settings.NOT_HPARAMS)]
+    return list(dict.fromkeys([*settings.NOT_HPARAMS, *inside]))
 
 
 OmegaConf.register_new_resolver("trainlab.start_time", start_time, replace=True)

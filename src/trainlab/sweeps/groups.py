@@ -172,11 +172,15 @@ def write_pictures(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def validation_curve(run_dir: Path, tag: str) -> list[float]:
-    """The values of ``tag`` that a run logged, one per epoch, read from its TensorBoard events."""
+    """The values of ``tag`` that a run logged, one per epoch, read from its TensorBoard events; none for a run
+    without them (not logged to TensorBoard)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    folder = run_dir / "tensorboard"
+    if not folder.is_dir():
+        return []
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per run about its last event file
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep all
     events.Reload()
     return [event.value for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
 
