@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainlab.dataloader import BatchedData
+from trainlab.dataloader import BatchedData, TensorData
 from trainlab.run import build_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,16 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def assert_same_weights(run_dir: Path, other_run_dir: Path) -> None:
+    """The model weights in the two runs' last.ckpt are bitwise equal."""
+    ours, theirs = (
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["model"] for d in (run_dir, other_run_dir)
+    )
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar the run logged, read back with TensorBoard's own reader: tag -> [(step, value)]."""
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
@@ -113,6 +123,20 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def scalar_values(run_dir: Path, tag: str) -> list[float]:
     """The values logged under ``tag``, in order."""
     return [value for _, value in scalars(run_dir)[tag]]
+
+
+def signal_at(epoch: int, batch: int, signum: int):
+    """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
+    (negative: from the end) of ``epoch``: a signal arriving at a known moment."""
+    original = TensorData.train_batches
+
+    def train_batches(data: TensorData, this_epoch: int, start: int = 0):
+        for i, batch_ in enumerate(original(data, this_epoch, start), start):
+            if (this_epoch, i) == (epoch, batch % data.num_batches("train")):
+                os.kill(os.getpid(), signum)
+            yield batch_
+
+    return train_batches
 
 
 @pytest.fixture(scope="session")
