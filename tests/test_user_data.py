@@ -24,8 +24,9 @@ from trainlab.run import train
 FAST = ("trainer.progress=false", "trainer.num_threads=1")
 
 
-def row_numbers(rows: list[dict[str, str]], incomes: torch.Tensor) -> list[int]:
-    """The CSV row of each (unique) income value."""
+def row_numbers(rows: list[dict[str, str]], data, x: torch.Tensor) -> list[int]:
+    """The CSV row of each of the model inputs ``x``, found by its (unique) income."""
+    incomes = data.untransform(x)[:, data.feature_names.index("income")]
     row_of = {round(float(r["income"]) * 5): i for i, r in enumerate(rows)}
     return [row_of[round(float(v) * 5)] for v in incomes]
 
@@ -34,7 +35,7 @@ def row_numbers(rows: list[dict[str, str]], incomes: torch.Tensor) -> list[int]:
 def csv_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("csv")
     data_file = write_csv(folder / "people.csv")
-    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.missing=impute"]
+    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=label"]
     metrics = train(make_config(*FAST, *overrides, "trainer.max_epochs=8"), folder / "run")
     return data_file, folder / "run", metrics
 
@@ -44,16 +45,23 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert metrics["test/acc"] >= 0.85
     _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
     assert data.task.kind == "binary" and data.classes == ["no", "yes"]
-    columns = data.input_spec().inputs["columns"]
-    assert [(c["name"], c["type"], c.get("categories")) for c in columns] == [
+    spec = data.input_spec().inputs
+    assert [(c["name"], c["type"], c.get("categories")) for c in spec["columns"]] == [
         ("age", "number", None),
         ("income", "number", None),
         ("colour", "category", ["blue", "green", "red"]),
     ]
+    assert spec["feature_names"] == [
+        *("age", "age missing", "income"),
+        *("colour=blue", "colour=green", "colour=red", "colour=(missing)"),
+    ]
+    assert (
+        run_dir / "columns.md"
+    ).read_text() == data.report and "| age | feature | number | 13% |" in data.report
 
     # the training rows, found by their unique income, give the statistics the checkpoint must hold
     rows = read_csv(data_file)
-    train_rows = [rows[i] for i in row_numbers(rows, data.untransform(data.x_train)[:, 1])]
+    train_rows = [rows[i] for i in row_numbers(rows, data, data.x_train)]
     ages = np.array([float(r["age"]) if r["age"] else np.nan for r in train_rows])
     age_mean = np.nanmean(ages)
     age_std = np.std(np.where(np.isnan(ages), age_mean, ages), ddof=1)  # imputed with the mean, then scaled
@@ -61,7 +69,8 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert data.std[0].item() == pytest.approx(age_std, rel=1e-5)
     all_ages = [float(r["age"]) for r in rows if r["age"]]
     assert abs(np.mean(all_ages) - age_mean) > 1e-3  # the val and test rows took no part
-    assert data.mean[2:].tolist() == [0, 0, 0] and data.std[2:].tolist() == [1, 1, 1]  # one-hot stays 0/1
+    binary = [1, 3, 4, 5, 6]  # the missing indicator and one-hot features stay 0/1
+    assert data.mean[binary].tolist() == [0] * 5 and data.std[binary].tolist() == [1] * 5
 
     new_rows = tmp_path / "new_rows.csv"
     new_rows.write_text("colour,age,income,label\nred,30,40.0,yes\nblue,,70.0,no\npurple,55.5,50.0,no\n")
@@ -74,9 +83,9 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     mean, std = data.mean.squeeze(), data.std.squeeze()
     expected_inputs = torch.tensor(
         [
-            [(30 - mean[0]) / std[0], (40 - mean[1]) / std[1], 0, 0, 1],  # red
-            [0.0, (70 - mean[1]) / std[1], 1, 0, 0],  # age missing: the training mean; blue
-            [(55.5 - mean[0]) / std[0], (50 - mean[1]) / std[1], 0, 0, 0],  # unknown colour: no category
+            [(30 - mean[0]) / std[0], 0, (40 - mean[2]) / std[2], 0, 0, 1, 0],  # red
+            [0.0, 1, (70 - mean[2]) / std[2], 1, 0, 0, 0],  # age missing: the training mean, indicated; blue
+            [(55.5 - mean[0]) / std[0], 0, (50 - mean[2]) / std[2], 0, 0, 0, 0],  # unseen colour: none
         ]
     )
     with torch.no_grad():
@@ -101,7 +110,7 @@ def test_predict_reproduces_the_training_time_predictions(csv_run, tmp_path):
         )
     )
     predicted = read_csv(output)
-    test_rows = row_numbers(read_csv(data_file), data.untransform(data.x_test)[:, 1])
+    test_rows = row_numbers(read_csv(data_file), data, data.x_test)
     assert [float(predicted[i]["prob_yes"]) for i in test_rows] == pytest.approx(at_training.tolist(), abs=1e-5)
 
 
@@ -109,11 +118,18 @@ def test_csv_missing_values_dropped_and_counted(tmp_path, caplog):
     data_file = write_csv(tmp_path / "people.csv")
     rows = read_csv(data_file)
     complete = sum(r["age"] != "" and r["colour"] != "NA" for r in rows)
+    ages, colours = sum(r["age"] == "" for r in rows), sum(r["colour"] == "NA" for r in rows)
     with caplog.at_level(logging.INFO):
-        data = make_data("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
+        data = make_data(
+            "dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.missing=drop"
+        )
     assert sum(data.num_samples(split) for split in ("train", "val", "test")) == complete
-    assert f"dropped {len(rows) - complete} of {len(rows)} rows with missing values" in caplog.text
-    assert not data.x_train.isnan().any()
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]  # 22% of the rows: a warning
+    assert f"dropped {len(rows) - complete} of {len(rows)} rows (22%) with a missing feature" in warning.message
+    assert f"missing in age {ages}, colour {colours}" in warning.message
+    assert not data.x_train.isnan().any() and data.feature_names == [
+        *("age", "income", "colour=blue", "colour=green", "colour=red")  # nothing missing: no indicators
+    ]
 
 
 def test_csv_without_its_target_column_is_a_one_line_error(tmp_path, capsys):

@@ -34,7 +34,7 @@ from torchvision.datasets import ImageFolder
 from trainlab.dataloader import cache
 from trainlab.dataloader.base import Batch, Normalization
 from trainlab.dataloader.kinds.image import ImageData, read_class_folders
-from trainlab.dataloader.tensors import Splits, split_samples
+from trainlab.dataloader.tensors import Splits, available_memory, check_memory_budget, split_samples
 from trainlab.errors import DataError
 from trainlab.progress import Progress
 
@@ -43,19 +43,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 DECODE_BATCH = 256  # images per batch a decoding worker hands back
 STATISTICS_SAMPLE = 2000  # training images the statistics of a streamed folder are computed on
-
-
-def available_memory() -> int:
-    """Bytes of memory available for new data: Linux's estimate (``MemAvailable``), elsewhere the physical
-    memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def cores() -> int:
@@ -140,14 +127,7 @@ class ImageFolderData(ImageData):
             raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
         if channels not in (1, 3):
             raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
-        if (
-            isinstance(memory_budget, bool)
-            or not isinstance(memory_budget, int | float)
-            or not 0 <= memory_budget <= 1
-        ):
-            raise DataError(
-                f"dataset.memory_budget is a share of the available memory, in [0, 1]; got {memory_budget}"
-            )
+        check_memory_budget(memory_budget)
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.input_shape = (channels, height, width)
         self.root = Path(to_absolute_path(root))

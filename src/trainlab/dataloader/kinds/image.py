@@ -55,6 +55,9 @@ class ImageKind(InputKind):
     def read(self, path: Path) -> Read:
         return read_images(self.spec, path)
 
+    def summary(self) -> str:
+        return "x".join(map(str, self.spec.inputs["input_shape"])) + " images"
+
     def request_schema(self) -> dict[str, Any]:
         return {"description": self.request_description, "items": {"type": "string", "format": "byte"}}
 
