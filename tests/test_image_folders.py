@@ -20,7 +20,7 @@ from trainlab.preemption import Interrupted
 from trainlab.run import train
 
 FOLDER = ("dataset=image_folder", "dataset.image_size=16", "dataset.batch_size=8", "dataset.num_workers=1")
-CACHE = "trainlab-cache-3x16x16.pt"
+CACHE = "trainlab-cache-3x16x16-white.pt"
 
 
 def folder_data(root, *overrides: str):
@@ -68,7 +68,7 @@ def test_other_image_sizes_have_their_own_cache(photos):
     small = folder_data(photos, "dataset.image_size=8")
     assert small.input_shape == (3, 8, 8) and {p.name for p in photos.glob("trainlab-cache*")} == {
         CACHE,
-        "trainlab-cache-3x8x8.pt",
+        "trainlab-cache-3x8x8-white.pt",
     }
 
 
@@ -95,13 +95,13 @@ def test_streamed_and_in_memory_folders_give_the_same_batches(photos, caplog):
 def test_statistics_of_a_streamed_folder_are_computed_once(photos, caplog):
     caplog.set_level(logging.INFO, logger="trainlab.dataloader")
     first = folder_data(photos, "dataset.memory_budget=0")
-    assert len(list(photos.glob("trainlab-cache-statistics-3x16x16-*.pt"))) == 1
+    assert len(list(photos.glob("trainlab-cache-statistics-3x16x16-white-*.pt"))) == 1
     caplog.clear()
     second = folder_data(photos, "dataset.memory_budget=0")
     assert "from the cache" in caplog.text
     assert torch.equal(first.mean, second.mean) and torch.equal(first.std, second.std)
     other_seed = folder_data(photos, "dataset.memory_budget=0", "seed=3")  # another split: its own statistics
-    assert len(list(photos.glob("trainlab-cache-statistics-3x16x16-*.pt"))) == 2
+    assert len(list(photos.glob("trainlab-cache-statistics-3x16x16-white-*.pt"))) == 2
     assert not torch.equal(first.mean, other_seed.mean)
 
 
