@@ -409,7 +409,8 @@ def _encoding(spec: dict[str, Any]) -> str:
     """A column's encoding in words, for the report."""
     if spec["type"] == "category":
         extra = [label for label, flag in (("(other)", spec["other"]), ("(missing)", spec["missing"])) if flag]
-        return f"one-hot: {len(spec['categories'])} values" + "".join(f" + {e}" for e in extra)
+        kept = len(spec["categories"])
+        return f"one-hot: {kept} value{'s' * (kept != 1)}" + "".join(f" + {e}" for e in extra)
     imputed = "; missing: training mean + indicator" if spec["indicator"] else ""
     if spec["type"] == "date":
         return f"date ({spec['format']}): {', '.join(spec['parts'])}{imputed}"

@@ -329,8 +329,8 @@ DATE_PARTS = {  # what a date column's features may be (``dataset.date_parts``):
     "year": lambda dates: dates.dt.year,
     "month": lambda dates: dates.dt.month,
     "day": lambda dates: dates.dt.day,
-    "day_of_year": lambda dates: dates.dt.dayofyear,
-    "weekday": lambda dates: dates.dt.weekday,  # Monday 0
+    "day_of_year": lambda dates: dates.dt.day_of_year,
+    "weekday": lambda dates: dates.dt.day_of_week,  # Monday 0
     "hour": lambda dates: dates.dt.hour + dates.dt.minute / 60,
 }
 
