@@ -17,11 +17,16 @@ from trainlab.predict import predict
 from trainlab.run import train
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from real_tables import TABLES, export_table  # noqa: E402
+from real_tables import TABLES, export_table
 
 ROLES = {  # a line of each table's column report that must be there
-    "titanic": ["| Unnamed: 0 | left out: row numbers", "| class | feature | text | 0% | 3 | one-hot: 3 values | 3 |"],
-    "seattle_weather": ["| date | feature | text | 0% | 1,461 | date (%Y/%m/%d): year, month, day_of_year, weekday | 4 |"],
+    "titanic": [
+        "| Unnamed: 0 | left out: row numbers",
+        "| class | feature | text | 0% | 3 | one-hot: 3 values | 3 |",
+    ],
+    "seattle_weather": [
+        "| date | feature | text | 0% | 1,461 | date (%Y/%m/%d): year, month, day_of_year, weekday | 4 |"
+    ],
     "baseball": ["| Unnamed: 0 | left out: row numbers", "| name2 | left out: an identifier or free text"],
     "penguins_raw": [
         "| Individual ID | left out: no value in 10 training rows",
@@ -53,7 +58,10 @@ def test_a_real_table_with_only_path_and_target(name, tmp_path, caplog):
     rows = [r for r in caplog.records if "dropped" in r.message]
     if labelled < len(frame):  # baseball: rows without a salary, the only rows dropped, named with a warning
         (dropped,) = rows
-        assert dropped.levelno == logging.WARNING and f"with no value of the target {table.target!r}" in dropped.message
+        assert (
+            dropped.levelno == logging.WARNING
+            and f"with no value of the target {table.target!r}" in dropped.message
+        )
         assert f"dropped {len(frame) - labelled} of {len(frame)} rows" in dropped.message
     else:
         assert not rows
