@@ -245,7 +245,13 @@ def open_image(
 
 
 def orientation(image) -> int:
-    """The EXIF orientation of an opened image (1: upright)."""
+    """The EXIF orientation of an opened image (1: upright). Only a file with EXIF data has one (a PNG's may
+    follow its pixels: it is loaded first), so a server's small PNGs pay no EXIF parsing."""
+    if image.format != "TIFF":  # a TIFF's orientation is one of its own tags
+        if image.format == "PNG":
+            image.load()
+        if "exif" not in image.info:
+            return 1
     return image.getexif().get(ORIENTATION, 1)
 
 
@@ -258,7 +264,7 @@ def decode_image(
     from PIL import Image, ImageOps
 
     try:
-        if image.format in ("JPEG", "TIFF", "WEBP", "PNG") and orientation(image) != 1:  # PNG: read as it loads
+        if orientation(image) != 1:
             image = ImageOps.exif_transpose(image)
         if image.mode in SIXTEEN_BIT:  # PIL's own conversion clips at 255: 16-bit values scaled instead
             image = Image.fromarray(np.round(np.asarray(image, np.float32) / 257).clip(0, 255).astype(np.uint8))
