@@ -309,3 +309,32 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     lines.insert(9, "ham\t")  # a message with no text: dropped from training
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+PHOTO_CLASSES = ("disc", "square")
+
+
+def write_photos(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """Photo-like JPEGs (no photo data set ships here): a warm disc or a cool square of a random place and size
+    on a lit, noisy background, saved by PIL's JPEG encoder with EXIF data (camera make, orientation 1), one
+    folder per shape."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for name in PHOTO_CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            light = rng.uniform(60, 200, 3) + 50 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
+            image = Image.fromarray((light + rng.normal(0, 12, (size, size, 3))).clip(0, 255).astype(np.uint8))
+            half = rng.uniform(0.2, 0.35) * size
+            cx, cy = rng.uniform(half, size - half, 2)
+            box = (cx - half, cy - half, cx + half, cy + half)
+            warm = rng.integers(150, 256), rng.integers(40, 160), rng.integers(0, 90)  # discs warm, squares cool
+            colour = tuple(int(c) for c in (warm if name == "disc" else warm[::-1]))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if name == "disc" else draw.rectangle)(box, fill=colour)
+            exif = Image.Exif()
+            exif[0x010F], exif[0x0112] = "trainlab test camera", 1  # Make, Orientation
+            image.save(root / name / f"{i}.jpg", quality=90, exif=exif)
+    return root

@@ -50,22 +50,26 @@ def test_table_rows_encode_alike_from_json_dicts_and_from_a_frame(tmp_path):
     spec = data.input_spec()
     rows = [
         {"colour": "red", "income": 40.0, "age": 30},
-        {"income": "70", "colour": None},  # age missing: the training mean; colour missing: no category
+        {"income": "70", "colour": None},  # age missing: the training mean, indicated; colour: "(missing)"
         {"age": "55.5", "income": 50, "colour": "purple", "label": "no"},  # unseen colour: no category
     ]
-    x, incomplete = encode_features(rows, spec.inputs["columns"], spec.inputs["na_values"])
-    assert incomplete.tolist() == [False, True, False]
+    encoded = encode_features(rows, spec.inputs["columns"], spec.inputs["na_values"])
+    x = encoded.features
+    assert encoded.incomplete.tolist() == [False, True, False] and encoded.unseen == {"colour": 1}
     assert torch.allclose(encode_rows(spec, pd.DataFrame(rows[::-1])), x.flip(0), equal_nan=True)  # a frame
     model_inputs = spec.input_kind().preprocessing()(x)
     mean, std = torch.tensor(spec.inputs["mean"]), torch.tensor(spec.inputs["std"])
     expected = torch.tensor(
         [
-            [(30 - mean[0]) / std[0], (40 - mean[1]) / std[1], 0, 0, 1],
-            [0.0, (70 - mean[1]) / std[1], 0, 0, 0],
-            [(55.5 - mean[0]) / std[0], (50 - mean[1]) / std[1], 0, 0, 0],
+            [(30 - mean[0]) / std[0], 0, (40 - mean[2]) / std[2], 0, 0, 1, 0],
+            [0.0, 1, (70 - mean[2]) / std[2], 0, 0, 0, 1],
+            [(55.5 - mean[0]) / std[0], 0, (50 - mean[2]) / std[2], 0, 0, 0, 0],
         ]
     )
-    assert spec.inputs["feature_names"] == ["age", "income", "colour=blue", "colour=green", "colour=red"]
+    assert spec.inputs["feature_names"] == [
+        *("age", "age missing", "income"),
+        *("colour=blue", "colour=green", "colour=red", "colour=(missing)"),
+    ]
     assert torch.allclose(model_inputs, expected, atol=1e-5)
 
 

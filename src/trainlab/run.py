@@ -196,10 +196,11 @@ def build_and_fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     params = sum(p.numel() for p in run.model.parameters())
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.info(
-        "model %s (%s parameters, %s trainable), data %s: %d train / %d val / %d test, device %s",
+        "model %s (%s parameters, %s trainable) on %s, data %s: %d train / %d val / %d test, device %s",
         type(run.model).__name__,
         f"{params:,}",
         f"{trainable:,}",
+        run.data.input_spec().input_kind().summary(),
         type(run.data).__name__,
         *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,

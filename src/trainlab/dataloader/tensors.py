@@ -12,6 +12,7 @@ that implements ``load()``, and one YAML file in ``conf/dataset/`` that names it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,31 @@ def split_samples(
         kept, indices["val"] = split(kept, val_fraction, generator, targets[kept] if stratify else None)
     indices["train"] = kept
     return indices
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new data: Linux's estimate (``MemAvailable``), elsewhere the physical
+    memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory_budget(memory_budget: float) -> None:
+    """``dataset.memory_budget``: the share of the available memory a data set may take, in [0, 1]."""
+    if (
+        isinstance(memory_budget, bool)
+        or not isinstance(memory_budget, int | float)
+        or not 0 <= memory_budget <= 1
+    ):
+        raise DataError(
+            f"dataset.memory_budget is a share of the available memory, in [0, 1]; got {memory_budget}"
+        )
 
 
 def check_fractions(val_fraction: float, test_fraction: float | None) -> None:

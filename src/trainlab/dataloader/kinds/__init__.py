@@ -94,6 +94,11 @@ class InputKind:
         ``vocab_size``..."""
         return {"input_shape": list(self.spec.inputs["input_shape"])}
 
+    def summary(self) -> str:
+        """The inputs in a few words, for the log line that names the model: ``35 features from 12 columns``,
+        ``3x64x64 images``; by default what a model is sized by."""
+        return ", ".join(f"{key} {value}" for key, value in self.model_sizes().items())
+
     def preprocessing(self) -> nn.Module:
         """Raw inputs to model inputs, as an ``nn.Module`` (its ``forward`` takes the raw tensors)."""
         raise NotImplementedError

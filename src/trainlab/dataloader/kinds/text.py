@@ -249,6 +249,10 @@ class TextKind(InputKind):
     def model_sizes(self) -> dict[str, Any]:
         return {"vocab_size": self.spec.inputs["vocab_size"], "padding_idx": self.spec.inputs["padding_idx"]}
 
+    def summary(self) -> str:
+        fields = self.spec.inputs
+        return f"texts of up to {fields['max_length']} tokens from a vocabulary of {fields['vocab_size']:,}"
+
     def preprocessing(self) -> nn.Module:
         return Tokens()
 
