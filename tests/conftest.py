@@ -11,12 +11,17 @@ import io
 import json
 import os
 import pickle
+import re
 import runpy
+import signal
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -338,3 +343,61 @@ def write_photos(root: Path, per_class: int, size: int = 32, seed: int = 0) -> P
             exif[0x010F], exif[0x0112] = "trainlab test camera", 1  # Make, Orientation
             image.save(root / name / f"{i}.jpg", quality=90, exif=exif)
     return root
+
+
+# -- a served model ------------------------------------------------------------------------------------
+class Server:
+    """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address. Its output
+    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``. Every one started is killed at
+    the end of the session if a failing test left it running (``no_server_left``)."""
+
+    started: ClassVar[list[subprocess.Popen]] = []
+
+    def __init__(self, ckpt: Path, *overrides: str):
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "serve.py"), f"ckpt={ckpt}", "port=0", "access_log=false", *overrides],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        Server.started.append(self.process)
+        self.lines: list[str] = []
+        for line in self.process.stdout:  # blocks until the next line: an event, not a sleep
+            self.lines.append(line)
+            ready = re.search(r"Uvicorn running on (http://\S+)", line)
+            if ready:
+                self.url = ready[1]
+                break
+        else:
+            raise AssertionError(f"serve.py exited with {self.process.wait()}: {''.join(self.lines)}")
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit code, which must come within 5 seconds. Then ``lines`` holds all it wrote."""
+        self.client.close()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=5)
+        self.reader.join(timeout=5)
+        return code
+
+    def stop_cleanly(self) -> None:
+        """SIGTERM, and uvicorn's graceful shutdown to its end: exit code 0 (or the SIGTERM it re-raises)."""
+        code = self.stop()
+        assert code in (0, -signal.SIGTERM), "".join(self.lines)
+        assert any("Finished server process" in line for line in self.lines), "".join(self.lines)
+
+    def stats(self) -> dict:
+        return self.client.get("/health").json()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left():
+    yield
+    for process in Server.started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -16,6 +16,7 @@ import torch
 from conftest import (
     FULL_WIDTH_FREE,
     QUIET,
+    Server,
     cli,
     cli_main,
     make_config,
@@ -26,7 +27,6 @@ from conftest import (
     write_tsv,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_serve import Server
 
 from trainlab import model as models
 from trainlab.dataloader.kinds.text import TextKind
