@@ -17,10 +17,12 @@ def main(cfg: DictConfig) -> float | None:
     from trainlab.sweeps.threads import limit_threads_of_parallel_jobs
 
     def job() -> dict:
-        run_cfg = prepare_config(cfg, HydraConfig.get().overrides.task)  # with ckpt_path: the checkpoint's
+        run_dir = HydraConfig.get().runtime.output_dir
+        # with ckpt_path (or ckpt_path=auto and a checkpoint in run_dir): the checkpoint's config
+        run_cfg = prepare_config(cfg, HydraConfig.get().overrides.task, run_dir)
         limit_threads_of_parallel_jobs(run_cfg)
         print_config(run_cfg)
-        return build_and_fit(run_cfg, HydraConfig.get().runtime.output_dir)
+        return build_and_fit(run_cfg, run_dir)
 
     metrics = run_job(job, cfg.debug_errors)
     return metrics.get("best_score")  # what sweepers optimise

@@ -11,12 +11,17 @@ import io
 import json
 import os
 import pickle
+import re
 import runpy
+import signal
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,7 +30,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainlab.dataloader import BatchedData
+from trainlab.dataloader import BatchedData, TensorData
 from trainlab.run import build_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +108,16 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def assert_same_weights(run_dir: Path, other_run_dir: Path) -> None:
+    """The model weights in the two runs' last.ckpt are bitwise equal."""
+    ours, theirs = (
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["model"] for d in (run_dir, other_run_dir)
+    )
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar the run logged, read back with TensorBoard's own reader: tag -> [(step, value)]."""
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
@@ -113,6 +128,20 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def scalar_values(run_dir: Path, tag: str) -> list[float]:
     """The values logged under ``tag``, in order."""
     return [value for _, value in scalars(run_dir)[tag]]
+
+
+def signal_at(epoch: int, batch: int, signum: int):
+    """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
+    (negative: from the end) of ``epoch``: a signal arriving at a known moment."""
+    original = TensorData.train_batches
+
+    def train_batches(data: TensorData, this_epoch: int, start: int = 0):
+        for i, batch_ in enumerate(original(data, this_epoch, start), start):
+            if (this_epoch, i) == (epoch, batch % data.num_batches("train")):
+                os.kill(os.getpid(), signum)
+            yield batch_
+
+    return train_batches
 
 
 @pytest.fixture(scope="session")
@@ -217,11 +246,14 @@ def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
 
 
 def own_data(option: str, folder: Path) -> list[str]:
-    """The settings that ``dataset=<option>`` for a user's own files requires (``csv``, ``image_folder``),
-    pointing at small files written into ``folder`` (``write_csv``, ``write_images``); none for the others."""
+    """The settings that ``dataset=<option>`` for a user's own files requires (``csv``, ``image_folder``,
+    ``text``), pointing at small files written into ``folder`` (``write_csv``, ``write_images``,
+    ``write_tsv``); none for the others."""
     if option == "csv":
         path = write_csv(folder / "people.csv")
         return [f"dataset.path={path}", "dataset.target=label", "dataset.missing=impute"]
+    if option == "text":
+        return [f"dataset.path={write_tsv(folder / 'messages.tsv', messages(60))}"]
     if option == "image_folder":
         root = write_images(folder / "photos", per_class=6, size=8)
         return [f"dataset.root={root}", "dataset.image_size=8", "dataset.num_workers=0"]
@@ -244,3 +276,140 @@ def write_images(root: Path, per_class: int, size: int = 16, seed: int = 0) -> P
             image += rng.normal(0, 15, (size, size, 3))
             Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+SPAM = ["free", "win", "prize", "cash", "claim", "urgent", "txt", "reply", "offer", "£1000"]
+HAM = ["see", "you", "later", "home", "dinner", "love", "ok", "tomorrow", "going", "café"]
+COMMON = ["the", "a", "to", "i", "is", "and", "it", "for", "on", "with", "my", "your"]
+FULL_WIDTH_FREE = "\uff26\uff32\uff25\uff25"  # FREE in full-width letters, which NFKC makes plain
+
+
+def messages(n: int = 300, seed: int = 0) -> list[tuple[str, str]]:
+    """(label, text): about 30% spam; each message 2-4 words of its class among common ones, one in ten with
+    a word of the other class; quotes that open and never close, full-width letters, accents and emoji."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = "spam" if rng.random() < 0.3 else "ham"
+        own, other = (SPAM, HAM) if label == "spam" else (HAM, SPAM)
+        words = list(rng.choice(own, rng.integers(2, 5))) + list(rng.choice(COMMON, rng.integers(2, 8)))
+        if rng.random() < 0.1:
+            words.append(str(rng.choice(other)))
+        rng.shuffle(words)
+        text = " ".join(words)
+        if i % 7 == 0:
+            text = f'"{text}'  # an opening quote and no closing one
+        if i % 11 == 0:
+            text = text.replace("free", FULL_WIDTH_FREE)  # NFKC: FREE, then lowercased
+        if i % 13 == 0:
+            text += " 😀 ok?!"
+        rows.append((label, text))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Tab-separated, no quoting (as the SMS Spam Collection): header, an empty line, an empty message."""
+    lines = ["label\ttext"] + [f"{label}\t{text}" for label, text in rows]
+    lines.insert(5, "")  # a blank line: skipped
+    lines.insert(9, "ham\t")  # a message with no text: dropped from training
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+PHOTO_CLASSES = ("disc", "square")
+
+
+def write_photos(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """Photo-like JPEGs (no photo data set ships here): a warm disc or a cool square of a random place and size
+    on a lit, noisy background, saved by PIL's JPEG encoder with EXIF data (camera make, orientation 1), one
+    folder per shape."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for name in PHOTO_CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            light = rng.uniform(60, 200, 3) + 50 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
+            image = Image.fromarray((light + rng.normal(0, 12, (size, size, 3))).clip(0, 255).astype(np.uint8))
+            half = rng.uniform(0.2, 0.35) * size
+            cx, cy = rng.uniform(half, size - half, 2)
+            box = (cx - half, cy - half, cx + half, cy + half)
+            warm = rng.integers(150, 256), rng.integers(40, 160), rng.integers(0, 90)  # discs warm, squares cool
+            colour = tuple(int(c) for c in (warm if name == "disc" else warm[::-1]))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if name == "disc" else draw.rectangle)(box, fill=colour)
+            exif = Image.Exif()
+            exif[0x010F], exif[0x0112] = "trainlab test camera", 1  # Make, Orientation
+            image.save(root / name / f"{i}.jpg", quality=90, exif=exif)
+    return root
+
+
+# -- a served model ------------------------------------------------------------------------------------
+class Server:
+    """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address. Its output
+    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``. One worker process unless the
+    overrides say otherwise: each worker loads torch and the model, and a test of batching needs its requests
+    in one process. Every one started (in a process group of its own, with its workers) is killed at the end
+    of the session if a failing test left it running (``no_server_left``)."""
+
+    started: ClassVar[list[subprocess.Popen]] = []
+
+    def __init__(self, ckpt: Path, *overrides: str):
+        workers = [] if any(o.startswith("workers=") for o in overrides) else ["workers=1"]
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "serve.py"),
+                f"ckpt={ckpt}",
+                "port=0",
+                "access_log=false",
+                *workers,
+                *overrides,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        Server.started.append(self.process)
+        self.lines: list[str] = []
+        for line in self.process.stdout:  # blocks until the next line: an event, not a sleep
+            self.lines.append(line)
+            ready = re.search(r"Uvicorn running on (http://\S+)", line)
+            if ready:
+                self.url = ready[1]
+                break
+        else:
+            raise AssertionError(f"serve.py exited with {self.process.wait()}: {''.join(self.lines)}")
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit code, which must come within 5 seconds. Then ``lines`` holds all it wrote."""
+        self.client.close()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=5)
+        self.reader.join(timeout=5)
+        return code
+
+    def stop_cleanly(self) -> None:
+        """SIGTERM, and uvicorn's graceful shutdown to its end: exit code 0 (or the SIGTERM it re-raises)."""
+        code = self.stop()
+        assert code in (0, -signal.SIGTERM), "".join(self.lines)
+        assert any("Finished server process" in line for line in self.lines), "".join(self.lines)
+
+    def stats(self) -> dict:
+        return self.client.get("/health").json()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left():
+    yield
+    for process in Server.started:
+        with contextlib.suppress(ProcessLookupError):  # the server's group, its workers with it
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

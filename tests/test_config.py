@@ -7,6 +7,7 @@ from conftest import CONF, make_config, own_data
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from trainlab.dataloader.base import call, chunk
 from trainlab.run import Run, build
 
 GROUPS = ["model", "dataset", "augment", "optimizer", "scheduler", "trainer", "callbacks", "experiment", "debug"]
@@ -61,12 +62,22 @@ def assert_run_matches_config(run: Run, cfg: DictConfig) -> None:
     x, _ = next(run.data.train_batches(0))
     run.model.eval()
     with torch.no_grad():
-        assert run.model(x[:4]).shape == (4, run.data.num_outputs)
+        assert call(run.model, chunk(x, 0, 4)).shape == (4, run.data.num_outputs)
+
+
+TEXT_MODELS = {"embedding_bag", "rnn", "transformer"}  # models of texts: tried on dataset=text, and it with one
+
+
+def required_settings(group: str, option: str, folder) -> list[str]:
+    """What an option needs to run: a user's own files, and for texts a text model or a data set of texts."""
+    if group == "dataset":
+        return own_data(option, folder) + (["model=embedding_bag"] if option == "text" else [])
+    return ["dataset=text", *own_data("text", folder)] if group == "model" and option in TEXT_MODELS else []
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, image_data_dir, tmp_path):
-    required = own_data(option, tmp_path) if group == "dataset" else []
+    required = required_settings(group, option, tmp_path)
     cfg = make_config(f"{group}={option}", f"paths.data_dir={image_data_dir}", *required)
     assert_run_matches_config(build(cfg), cfg)
 

@@ -1,20 +1,26 @@
 """Data-parallel training with torchrun on the CPU (gloo, 2 processes): one run dir, the same weights and
-metrics as one process with the same global batch, and checkpoints that move between the two; with gradient
-accumulation, one all-reduce per optimizer step. In fp32: bf16 rounds a half batch's gradients otherwise
-than a whole one's."""
+metrics as one process with the same global batch, and checkpoints that move between the two; two machines
+simulated by two torchrun launches on one (c10d rendezvous on 127.0.0.1); a group whose worker dies, restarted
+by torchrun, continuing its run from last.ckpt (ckpt_path=auto) to the same bits; with gradient accumulation,
+one all-reduce per optimizer step. In fp32: bf16 rounds a half batch's gradients otherwise than a whole one's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing
-from conftest import ROOT, cli, make_config, make_data, read_csv, read_metrics
+from conftest import ROOT, assert_same_weights, cli, make_config, make_data, read_csv, read_metrics, scalars
+from mlflow import MlflowClient
 
 from trainlab import distributed
 from trainlab.run import train
@@ -113,6 +119,105 @@ def test_ddp_strategy_without_torchrun_is_refused(tmp_path):
     assert done.returncode == 1
     assert "torchrun --nproc_per_node" in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for a rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def elastic(*options: str, port: int) -> list[str]:
+    """torchrun with a c10d rendezvous on this machine (as on a cluster, with the head node's address)."""
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--rdzv_backend=c10d"),
+        *(f"--rdzv_endpoint=127.0.0.1:{port}", "--local_addr=127.0.0.1", *options),
+        *(str(ROOT / "train.py"), "trainer.strategy=ddp", *RUN),
+    ]
+
+
+def launch(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """``command`` started in a session of its own (torchrun and its workers: one process group), its output
+    read as text."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finished(*processes: subprocess.Popen) -> list[str]:
+    """Wait for ``launch``ed ``processes``; their outputs. One that fails or hangs ends them all, their
+    workers included."""
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):  # what is left of its group: nothing, if it succeeded
+                os.killpg(process.pid, signal.SIGKILL)
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def test_two_machines_train_one_run_as_one_machine_does(ddp_run, tmp_path):
+    """Two torchrun launches, one process each (--nnodes=2), each in a folder of its own as on two machines:
+    one run dir, on the machine of rank 0, which alone writes; the weights of the one-machine run, bitwise."""
+    port, machines = free_port(), [tmp_path / "machine0", tmp_path / "machine1"]
+    launches = []
+    for node_rank, machine in enumerate(machines):
+        machine.mkdir()
+        options = ("--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}", "--rdzv_id=two")
+        launches.append(launch([*elastic(*options, port=port), "logger=[tensorboard,csv]"], machine))
+    finished(*launches)
+    written = [[p for p in machine.rglob("*") if p.is_file()] for machine in machines]
+    (files,) = [files for files in written if files]  # rank 0's machine; the other one's has no file
+    run_dirs = {p.parent for p in files if p.name == "metrics.json"}
+    assert len(run_dirs) == 1, run_dirs
+    (run_dir,) = run_dirs
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+    assert [row["epoch"] for row in read_csv(run_dir / "metrics.csv")] == ["1", "2", "2"]
+    assert_same_weights(run_dir, ddp_run)
+
+
+def test_a_group_whose_worker_dies_is_restarted_from_last_ckpt_to_the_same_bits(ddp_run, tmp_path):
+    """Rank 1 dies in the middle of epoch 2; torchrun (--max-restarts=1) starts the group again with the same
+    command, and ckpt_path=auto continues the run, named by the rendezvous id, from epoch 1's last.ckpt: it ends
+    bitwise as the run that never stopped. Its MLflow run goes on too, without the points logged twice."""
+    per_epoch = read_metrics(ddp_run)["global_step"] // 2
+    options = ("--nnodes=1", "--nproc_per_node=2", "--max-restarts=1", "--rdzv_id=restarted")
+    store = tmp_path / "mlflow.db"
+    command = [
+        *elastic(*options, port=free_port()),
+        "logger=[tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri=sqlite:///{store}",
+        "trainer.log_every_n_steps=1",
+        "ckpt_path=auto",
+        "+hydra.callbacks.exit_once._target_=exit_once.ExitOnce",  # tests/exit_once.py
+        "+hydra.callbacks.exit_once.rank=1",
+        f"+hydra.callbacks.exit_once.step={per_epoch + per_epoch // 2}",
+    ]
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    finished(launch(command, tmp_path, PYTHONPATH=pythonpath))
+    run_dir = tmp_path / "outputs" / "runs" / "restarted"
+    assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == ["restarted"]
+    log = (run_dir / "train.log").read_text()  # both attempts': the first one's epoch 1, the second one's 2
+    assert log.count("epoch 1/2:") == 1 and log.count("epoch 2/2:") == 1
+    assert f"resumed from {run_dir}/checkpoints/last.ckpt at epoch 1, step {per_epoch}" in log
+    assert_same_weights(run_dir, ddp_run)
+
+    client = MlflowClient(f"sqlite:///{store}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    for tag, points in scalars(run_dir).items():  # TensorBoard's, which purged what the first attempt logged late
+        logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, tag)]
+        assert [step for step, _ in logged] == [step for step, _ in points], tag
+        assert [value for _, value in logged] == pytest.approx([value for _, value in points]), tag
 
 
 ACCUMULATE = [*RUN[2:], "trainer.max_epochs=1", "trainer.accumulate_grad_batches=3", "~logger"]

@@ -73,7 +73,7 @@ def test_bad_setting_is_one_line_naming_it(tmp_path, overrides, message):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model=transformer", "Could not find 'model/transformer'"),
+        ("model=gpt", "Could not find 'model/gpt'"),
         ("trainer.max_epoch=3", "Could not override 'trainer.max_epoch'"),
     ],
     ids=["unknown-option", "unknown-key"],

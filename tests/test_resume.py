@@ -3,13 +3,13 @@ ends with the same bits as a run that was never stopped, and logs to TensorBoard
 
 from __future__ import annotations
 
-import os
+import shlex
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, cli_main, make_config, read_metrics, scalars
+from conftest import QUIET, cli_main, make_config, read_csv, read_metrics, scalars, signal_at
 
 from trainlab import checkpoint
 from trainlab.dataloader import TensorData
@@ -111,20 +111,6 @@ def test_resume_from_a_best_checkpoint_says_where_it_goes_on_from(runs, tmp_path
     assert metrics(tmp_path)["epochs"] == 3
 
 
-def signal_at(epoch: int, batch: int, signum: int):
-    """``TensorData.train_batches`` that sends this process ``signum`` as it hands out batch number ``batch``
-    (negative: from the end) of ``epoch``: a signal arriving at a known moment."""
-    original = TensorData.train_batches
-
-    def train_batches(data: TensorData, this_epoch: int, start: int = 0):
-        for i, batch_ in enumerate(original(data, this_epoch, start), start):
-            if (this_epoch, i) == (epoch, batch % data.num_batches("train")):
-                os.kill(os.getpid(), signum)
-            yield batch_
-
-    return train_batches
-
-
 @pytest.mark.parametrize(
     ("signum", "signal_batch", "saved_at"),
     [(signal.SIGTERM, 5, (1, 6)), (signal.SIGTERM, -1, (2, 0)), (signal.SIGINT, 5, (1, 6))],
@@ -191,3 +177,56 @@ def test_signal_stops_a_whole_sweep(tmp_path, monkeypatch):
     (first_job,) = tmp_path.glob("0_*")  # job dirs are <num>_<overrides>
     assert checkpoint.load(first_job / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4
     assert not list(tmp_path.glob("1_*"))
+
+
+def test_the_same_command_again_continues_its_run_in_its_run_dir(runs, tmp_path, monkeypatch, capfd):
+    """``ckpt_path=auto`` in a SLURM job (its id names the run): SIGTERM as epoch 2 ends (its metrics are
+    logged at the step the checkpoint holds), then the same command goes on in the same run dir, and the run
+    ends as the uninterrupted one, with the same TensorBoard points (none twice, none lost) and CSV rows."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    command = ("train.py", *RUN, "trainer.max_epochs=4", "ckpt_path=auto", "logger=[tensorboard,csv]", QUIET)
+    uninterrupted = TensorData.train_batches
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=1, batch=-1, signum=signal.SIGTERM))
+    code, stderr = cli_main(*command)
+    assert code == 128 + signal.SIGTERM, stderr
+    assert f"Resume with: {shlex.join(['python', *command])}\n" in capfd.readouterr().out  # the same command
+    monkeypatch.setattr(TensorData, "train_batches", uninterrupted)
+    code, stderr = cli_main(*command)
+    assert code == 0, stderr
+
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("outputs/*/*")] == ["outputs/runs/4242"]
+    run_dir = tmp_path / "outputs" / "runs" / "4242"
+    assert_same_tensors(final_state(runs["straight"]), final_state(run_dir))
+    assert metrics(run_dir) == metrics(runs["straight"])
+    assert scalars(run_dir) == scalars(runs["straight"])
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "4"]  # 4 epochs, then the test
+
+
+def test_auto_resume_needs_a_run_name_and_a_named_run_is_never_overwritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    code, stderr = cli_main("train.py", "ckpt_path=auto", QUIET)
+    assert code == 1
+    assert (
+        stderr.startswith("error: ckpt_path=auto continues the run that run_id names") and stderr.count("\n") == 1
+    )
+
+    code, stderr = cli_main("train.py", "run_id=first", "trainer.max_epochs=1", QUIET)
+    assert code == 0, stderr
+    last = tmp_path / "outputs" / "runs" / "first" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    code, stderr = cli_main("train.py", "run_id=first", "trainer.max_epochs=1", QUIET)
+    assert code == 1
+    assert (
+        stderr
+        == f"error: run first already exists ({last}); continue it with ckpt_path=auto, or choose another run_id\n"
+    )
+    assert last.read_bytes() == before
+
+    # continued with ckpt_path=auto (and trained longer): in place
+    code, stderr = cli_main("train.py", "run_id=first", "ckpt_path=auto", "trainer.max_epochs=2", QUIET)
+    assert code == 0, stderr
+    assert read_metrics(last.parents[1])["epochs"] == 2

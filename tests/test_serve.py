@@ -8,80 +8,23 @@ import http.client
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, make_config, read_csv
+from conftest import ROOT, Server, make_config, messages, read_csv, write_tsv
 from PIL import Image
 from test_predict import run_predict, write_table_csv
 
 from trainlab.export import export
 from trainlab.run import train
-
-
-class Server:
-    """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address. Its output
-    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``. One worker process unless the
-    overrides say otherwise: each worker loads torch and the model, and a test of batching needs its requests
-    in one process."""
-
-    def __init__(self, ckpt: Path, *overrides: str):
-        workers = [] if any(o.startswith("workers=") for o in overrides) else ["workers=1"]
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "serve.py"),
-                f"ckpt={ckpt}",
-                "port=0",
-                "access_log=false",
-                *workers,
-                *overrides,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        for line in self.process.stdout:  # blocks until the next line: an event, not a sleep
-            self.lines.append(line)
-            ready = re.search(r"Uvicorn running on (http://\S+)", line)
-            if ready:
-                self.url = ready[1]
-                break
-        else:
-            raise AssertionError(f"serve.py exited with {self.process.wait()}: {''.join(self.lines)}")
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self.reader.start()
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def stop(self) -> int:
-        """SIGTERM; the exit code, which must come within 5 seconds. Then ``lines`` holds all it wrote."""
-        self.client.close()
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=5)
-        self.reader.join(timeout=5)
-        return code
-
-    def stop_cleanly(self) -> None:
-        """SIGTERM, and uvicorn's graceful shutdown to its end: exit code 0 (or the SIGTERM it re-raises)."""
-        code = self.stop()
-        assert code in (0, -signal.SIGTERM), "".join(self.lines)
-        assert any("Finished server process" in line for line in self.lines), "".join(self.lines)
-
-    def stats(self) -> dict:
-        return self.client.get("/health").json()
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +56,16 @@ def iris_files(tmp_path_factory) -> dict:
     rows = folder / "rows.csv"
     write_table_csv(rows, "iris", slice(0, 150, 10))
     return {"ckpt": folder / "run" / "checkpoints" / "best.ckpt", "rows": rows, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict:
+    """A small text classifier (embedding_bag) trained on ``messages()``."""
+    folder = tmp_path_factory.mktemp("texts")
+    corpus = write_tsv(folder / "messages.tsv", messages())
+    overrides = ("dataset=text", f"dataset.path={corpus}", "model=embedding_bag", "trainer.max_epochs=2")
+    train(make_config(*overrides), folder / "run")
+    return {"ckpt": folder / "run" / "checkpoints" / "best.ckpt", "folder": folder}
 
 
 @pytest.fixture(scope="module")
@@ -507,7 +460,7 @@ def test_api_docs_render_offline_in_chromium(iris_server, tmp_path):
         assert drawn in chromium.stdout, chromium.stderr[-2000:]
 
 
-@pytest.mark.parametrize("model", ["digits", "iris"])
+@pytest.mark.parametrize("model", ["digits", "iris", "text"])
 def test_schemathesis_finds_no_failure(model, request, tmp_path):
     """schemathesis, an API fuzzer nobody here wrote, against a real server with every check (``--checks
     all``: no 5xx; statuses, headers and bodies as documented; bodies the schema allows accepted, those it
@@ -516,13 +469,15 @@ def test_schemathesis_finds_no_failure(model, request, tmp_path):
     accept and refuse (and why). max_inputs=4: its coverage phase builds arrays at their maxItems, and 64
     nested (1, 8, 8) arrays take it minutes."""
     files = request.getfixturevalue(f"{model}_files")
-    server = Server(files["onnx" if model == "digits" else "ckpt"], "max_inputs=4")
+    server = Server(files.get("onnx", files["ckpt"]), "max_inputs=4")
     command = [
         str(Path(sys.executable).parent / "st"),
         *("--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run", f"{server.url}/openapi.json"),
         *("--checks", "all", "--max-examples", "50", "--seed", "1", "--workers", "1"),
         *("--generation-database", "none", "--request-timeout", "60", "--no-color"),
     ]
-    fuzz = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    try:
+        fuzz = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    finally:
+        server.stop_cleanly()
     assert fuzz.returncode == 0 and "No issues found" in fuzz.stdout, fuzz.stdout[-5000:]
-    server.stop_cleanly()

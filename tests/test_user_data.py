@@ -24,8 +24,9 @@ from trainlab.run import train
 FAST = ("trainer.progress=false", "trainer.num_threads=1")
 
 
-def row_numbers(rows: list[dict[str, str]], incomes: torch.Tensor) -> list[int]:
-    """The CSV row of each (unique) income value."""
+def row_numbers(rows: list[dict[str, str]], data, x: torch.Tensor) -> list[int]:
+    """The CSV row of each of the model inputs ``x``, found by its (unique) income."""
+    incomes = data.untransform(x)[:, data.feature_names.index("income")]
     row_of = {round(float(r["income"]) * 5): i for i, r in enumerate(rows)}
     return [row_of[round(float(v) * 5)] for v in incomes]
 
@@ -34,7 +35,7 @@ def row_numbers(rows: list[dict[str, str]], incomes: torch.Tensor) -> list[int]:
 def csv_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("csv")
     data_file = write_csv(folder / "people.csv")
-    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.missing=impute"]
+    overrides = ["dataset=csv", f"dataset.path={data_file}", "dataset.target=label"]
     metrics = train(make_config(*FAST, *overrides, "trainer.max_epochs=8"), folder / "run")
     return data_file, folder / "run", metrics
 
@@ -44,16 +45,23 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert metrics["test/acc"] >= 0.85
     _, data, model = load_trained(run_dir / "checkpoints" / "best.ckpt", torch.device("cpu"))
     assert data.task.kind == "binary" and data.classes == ["no", "yes"]
-    columns = data.input_spec().inputs["columns"]
-    assert [(c["name"], c["type"], c.get("categories")) for c in columns] == [
+    spec = data.input_spec().inputs
+    assert [(c["name"], c["type"], c.get("categories")) for c in spec["columns"]] == [
         ("age", "number", None),
         ("income", "number", None),
         ("colour", "category", ["blue", "green", "red"]),
     ]
+    assert spec["feature_names"] == [
+        *("age", "age missing", "income"),
+        *("colour=blue", "colour=green", "colour=red", "colour=(missing)"),
+    ]
+    assert (
+        run_dir / "columns.md"
+    ).read_text() == data.report and "| age | feature | number | 13% |" in data.report
 
     # the training rows, found by their unique income, give the statistics the checkpoint must hold
     rows = read_csv(data_file)
-    train_rows = [rows[i] for i in row_numbers(rows, data.untransform(data.x_train)[:, 1])]
+    train_rows = [rows[i] for i in row_numbers(rows, data, data.x_train)]
     ages = np.array([float(r["age"]) if r["age"] else np.nan for r in train_rows])
     age_mean = np.nanmean(ages)
     age_std = np.std(np.where(np.isnan(ages), age_mean, ages), ddof=1)  # imputed with the mean, then scaled
@@ -61,7 +69,8 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     assert data.std[0].item() == pytest.approx(age_std, rel=1e-5)
     all_ages = [float(r["age"]) for r in rows if r["age"]]
     assert abs(np.mean(all_ages) - age_mean) > 1e-3  # the val and test rows took no part
-    assert data.mean[2:].tolist() == [0, 0, 0] and data.std[2:].tolist() == [1, 1, 1]  # one-hot stays 0/1
+    binary = [1, 3, 4, 5, 6]  # the missing indicator and one-hot features stay 0/1
+    assert data.mean[binary].tolist() == [0] * 5 and data.std[binary].tolist() == [1] * 5
 
     new_rows = tmp_path / "new_rows.csv"
     new_rows.write_text("colour,age,income,label\nred,30,40.0,yes\nblue,,70.0,no\npurple,55.5,50.0,no\n")
@@ -74,9 +83,9 @@ def test_csv_trains_and_predict_applies_the_training_statistics(csv_run, tmp_pat
     mean, std = data.mean.squeeze(), data.std.squeeze()
     expected_inputs = torch.tensor(
         [
-            [(30 - mean[0]) / std[0], (40 - mean[1]) / std[1], 0, 0, 1],  # red
-            [0.0, (70 - mean[1]) / std[1], 1, 0, 0],  # age missing: the training mean; blue
-            [(55.5 - mean[0]) / std[0], (50 - mean[1]) / std[1], 0, 0, 0],  # unknown colour: no category
+            [(30 - mean[0]) / std[0], 0, (40 - mean[2]) / std[2], 0, 0, 1, 0],  # red
+            [0.0, 1, (70 - mean[2]) / std[2], 1, 0, 0, 0],  # age missing: the training mean, indicated; blue
+            [(55.5 - mean[0]) / std[0], 0, (50 - mean[2]) / std[2], 0, 0, 0, 0],  # unseen colour: none
         ]
     )
     with torch.no_grad():
@@ -101,7 +110,7 @@ def test_predict_reproduces_the_training_time_predictions(csv_run, tmp_path):
         )
     )
     predicted = read_csv(output)
-    test_rows = row_numbers(read_csv(data_file), data.untransform(data.x_test)[:, 1])
+    test_rows = row_numbers(read_csv(data_file), data, data.x_test)
     assert [float(predicted[i]["prob_yes"]) for i in test_rows] == pytest.approx(at_training.tolist(), abs=1e-5)
 
 
@@ -109,11 +118,18 @@ def test_csv_missing_values_dropped_and_counted(tmp_path, caplog):
     data_file = write_csv(tmp_path / "people.csv")
     rows = read_csv(data_file)
     complete = sum(r["age"] != "" and r["colour"] != "NA" for r in rows)
+    ages, colours = sum(r["age"] == "" for r in rows), sum(r["colour"] == "NA" for r in rows)
     with caplog.at_level(logging.INFO):
-        data = make_data("dataset=csv", f"dataset.path={data_file}", "dataset.target=label")
+        data = make_data(
+            "dataset=csv", f"dataset.path={data_file}", "dataset.target=label", "dataset.missing=drop"
+        )
     assert sum(data.num_samples(split) for split in ("train", "val", "test")) == complete
-    assert f"dropped {len(rows) - complete} of {len(rows)} rows with missing values" in caplog.text
-    assert not data.x_train.isnan().any()
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]  # 22% of the rows: a warning
+    assert f"dropped {len(rows) - complete} of {len(rows)} rows (22%) with a missing feature" in warning.message
+    assert f"missing in age {ages}, colour {colours}" in warning.message
+    assert not data.x_train.isnan().any() and data.feature_names == [
+        *("age", "income", "colour=blue", "colour=green", "colour=red")  # nothing missing: no indicators
+    ]
 
 
 def test_csv_without_its_target_column_is_a_one_line_error(tmp_path, capsys):
@@ -363,3 +379,127 @@ def test_tensorboard_scatter_for_regression(tmp_path):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert events.Tags()["images"] == ["test/predicted_vs_true"]  # tables get no input grid
+
+
+# -- column roles, messages and limits -----------------------------------------------------------------
+def write_members(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """A pandas export (an unnamed row-number column first) of club members: a unique ``name``, a ``joined``
+    date, a ``plan`` of many rare values, a mostly empty ``note`` and a ``stays`` target that the joining
+    month and the age decide."""
+    rng = np.random.default_rng(seed)
+    joined = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 1000, n), unit="D")
+    age = rng.normal(40, 10, n).round()
+    frame = pd.DataFrame(
+        {
+            "name": [f"member {i} {rng.choice(['Ann', 'Bo', 'Cy'])}" for i in range(n)],
+            "joined": joined.strftime("%Y-%m-%d"),
+            "plan": rng.choice(["basic"] * 10 + [f"promo{i}" for i in range(30)], n),
+            "age": age,
+            "note": np.where(rng.random(n) < 0.9, None, "called"),
+            "stays": np.where((joined.month <= 6) ^ (age > 40), "yes", "no"),
+        }
+    )
+    frame.to_csv(path)  # the index as an unnamed first column, as pandas and R write it
+    return path
+
+
+def test_column_roles_are_inferred_reported_and_overridable(tmp_path, caplog, train_run):
+    source = write_members(tmp_path / "members.csv")
+    csv = ("dataset=csv", f"dataset.path={source}", "dataset.target=stays")
+    with caplog.at_level(logging.INFO):
+        run_dir, _ = train_run(*csv, *FAST, "trainer.max_epochs=1")
+    report = (run_dir / "columns.md").read_text()
+    for line in [
+        "| Unnamed: 0 | left out: row numbers (an unnamed column of distinct integers) | number | 0% | 120 |  | 0 |",
+        "| name | left out: an identifier or free text (120 distinct values in 120 rows; free text: dataset=text; "
+        "one-hot anyway: dataset.categorical=[name]) | text |",
+        "| joined | feature | text | 0% | ",
+        "date (ISO8601): year, month, day_of_year, weekday | 4 |",
+        "| plan | feature | text | 0% | 31 | one-hot: 1 value + (other) | 2 |",  # the rare promos: "(other)"
+        "| note | feature | text | 89% | 1 | one-hot: 0 values + (other) + (missing) | 2 |",  # "called": rare
+    ]:
+        assert line in report, report
+    assert report in caplog.text  # the report is logged too
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "data/columns/text_summary" in events.Tags()["tensors"]  # TensorBoard's Text tab
+    built = next(r.message for r in caplog.records if r.message.startswith("model MLP"))
+    assert " on 9 features from 4 columns, " in built  # joined 4, plan 2, age 1, note 2
+
+    data = make_data(
+        *csv,
+        "dataset.exclude=[note,age]",
+        "dataset.categorical=[name]",
+        "dataset.date_parts=[month]",
+        "dataset.max_categories=2",
+        "dataset.min_frequency=1",
+    )
+    names = data.feature_names  # two of each column's most frequent values (names: all once), then the rest
+    assert [n.split("=")[0] + ("=(other)" if n.endswith("(other)") else "") for n in names] == [
+        *("name", "name", "name=(other)", "joined.month", "plan", "plan", "plan=(other)")
+    ]
+    assert "plan=basic" in names
+    assert "| note | left out: dataset.exclude |" in data.report
+    only = make_data(*csv, "dataset.features=[Unnamed: 0,plan]").input_spec().inputs["feature_names"]
+    assert only == ["Unnamed: 0", "plan=basic", "plan=(other)"]  # listed: kept whatever they look like
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            (),
+            "dataset=csv needs the column to predict: add dataset.target=<column>, one of Unnamed: 0, name, joined",
+        ),
+        (("dataset.target=stays", "dataset.exclude=[nome]"), "members.csv has no column nome; its columns are"),
+        (
+            ("dataset.target=stays", "dataset.dates=[plan]"),
+            "dataset.dates names 'plan', but its cells are no dates",
+        ),
+        (("dataset.target=stays", "dataset.date_parts=[season]"), "dataset.date_parts must name some of year,"),
+        (
+            ("dataset.target=stays", "dataset.memory_budget=1e-9"),
+            "120 rows x 9 features take 0.00 GiB, over the memory budget of 0.00 GiB (dataset.memory_budget); "
+            "column 'joined' makes 4 of them: leave it out (dataset.exclude=[joined])",
+        ),
+    ],
+    ids=["no-target", "unknown-column", "not-dates", "unknown-date-part", "over-the-memory-budget"],
+)
+def test_csv_settings_that_cannot_work_are_one_line_errors(tmp_path, overrides, message):
+    source = write_members(tmp_path / "members.csv")
+    with pytest.raises(Exception) as error:  # Hydra wraps errors raised as it instantiates
+        make_data("dataset=csv", f"dataset.path={source}", *overrides)
+    cause = error.value.__cause__ or error.value
+    assert isinstance(cause, DataError) and message in str(cause) and "\n" not in str(cause)
+
+
+def test_a_missing_file_says_it_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere\.csv does not exist; give a CSV, TSV or Parquet file"):
+        make_data("dataset=csv", f"dataset.path={tmp_path / 'nowhere.csv'}", "dataset.target=label")
+
+
+def test_predict_counts_unseen_categories_and_dates_per_column(tmp_path, caplog):
+    source = write_members(tmp_path / "members.csv")
+    run_dir = tmp_path / "run"
+    train(
+        make_config(
+            *FAST, "dataset=csv", f"dataset.path={source}", "dataset.target=stays", "trainer.max_epochs=1"
+        ),
+        run_dir,
+    )
+    rows = tmp_path / "new.csv"
+    rows.write_text(
+        ",name,joined,plan,age,note\n0,x,2021-02-03,gold,30,\n1,y,someday,gold,50,called\n2,z,,basic,,\n"
+    )
+    with caplog.at_level(logging.INFO):
+        predict(
+            make_config(
+                f"ckpt={run_dir}/checkpoints/best.ckpt",
+                f"input={rows}",
+                f"output={tmp_path / 'p.csv'}",
+                config_name="predict",
+            )
+        )
+    assert "column 'plan' has 2 values not among the training categories (encoded as (other))" in caplog.text
+    assert "column 'joined' has 1 dates that do not parse (encoded as missing)" in caplog.text
+    assert len(read_csv(tmp_path / "p.csv")) == 3

@@ -41,8 +41,10 @@ def _multirun() -> bool:
 
 
 def resume_command(ckpt_path) -> str:
-    """The command line that continues this run from ``ckpt_path``: the checkpoint holds its config."""
-    return shlex.join(["python", os.path.basename(sys.argv[0]), f"ckpt_path={ckpt_path}"])
+    """The command line that continues this run from ``ckpt_path``: the checkpoint holds its config. A run
+    started with ``ckpt_path=auto`` continues itself, in its own run dir: its command, as it was."""
+    script, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+    return shlex.join(["python", script, *(args if "ckpt_path=auto" in args else [f"ckpt_path={ckpt_path}"])])
 
 
 def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:

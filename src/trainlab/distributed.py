@@ -70,7 +70,8 @@ def setup() -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_device())
-        dist.init_process_group(backend)
+        store, rank_, size = next(dist.rendezvous("env://"))
+        dist.init_process_group(backend, store=attempt_store(store), rank=rank_, world_size=size)
         start = [time.time()]
         dist.broadcast_object_list(start, src=0)
         resolvers.set_start_time(start[0])
@@ -80,6 +81,14 @@ def setup() -> None:
                 "hydra/job_logging=stdout",
                 "hydra.job_logging.root.level=WARNING",
             ]
+
+
+def attempt_store(store: dist.Store) -> dist.Store:
+    """The part of torchrun's rendezvous store that belongs to this attempt of the group. torchrun's agent
+    serves the same store to every attempt (``--max-restarts``; ``TORCHELASTIC_RESTART_COUNT`` counts them),
+    so a restarted group would otherwise read the addresses that the failed attempt's processes left there,
+    and fail to connect to processes that are gone."""
+    return dist.PrefixStore(f"trainlab/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

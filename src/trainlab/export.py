@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,18 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 def to_onnx(model: nn.Module, kind: InputKind) -> torch.onnx.ONNXProgram:
     """``model`` (taking ``kind``'s raw inputs) as an ONNX program whose inputs are named and have the axes of
-    any size the kind says (``onnx_inputs``, ``onnx_dynamic_axes``: the batch, a text's length...); a model
+    any size the kind says (``onnx_inputs``, ``onnx_dynamic_axes``: the batch, a text's length..., up to
+    ``onnx_axis_max``); a model
     that cannot be exported is a one-line ``CheckpointError`` naming the layer."""
-    axes = kind.onnx_dynamic_axes()
-    dims = {name: torch.export.Dim(name) for name in {name for per_input in axes for name in per_input.values()}}
+    axes, largest = kind.onnx_dynamic_axes(), kind.onnx_axis_max()
+    names = {name for per_input in axes for name in per_input.values()}
+    dims = {name: torch.export.Dim(name, max=largest.get(name)) for name in names}
     dynamic_shapes = tuple({axis: dims[name] for axis, name in per_input.items()} for per_input in axes)
     try:
-        # InferenceModel.forward(*raw): its inputs are one variadic argument, so are their shapes
-        exported = torch.export.export(model, as_tuple(kind.example(2)), dynamic_shapes=(dynamic_shapes,))
+        with warnings.catch_warnings():  # nn.LSTM and nn.GRU re-list their weights as they run: torch.export warns
+            warnings.filterwarnings("ignore", "The tensor attributes .*_flat_weights", UserWarning)
+            # InferenceModel.forward(*raw): its inputs are one variadic argument, so are their shapes
+            exported = torch.export.export(model, as_tuple(kind.example(2)), dynamic_shapes=(dynamic_shapes,))
     except Exception as error:  # torch.export's many kinds: untraceable Python, data-dependent shapes...
         raise CheckpointError(
             f"torch.export cannot trace this model ({type(error).__name__}: {_first_line(error)}); keep the .ckpt "

@@ -1,6 +1,10 @@
-"""The networks: plain ``nn.Module``s. Each takes ``input_shape`` and ``num_outputs`` from the data set, so
-no size is typed twice; everything else comes from ``conf/model/*.yaml``, the one place that holds the
-defaults."""
+"""The networks: plain ``nn.Module``s. Each takes the sizes its kind of input gives (images and tables:
+``input_shape``; texts: ``vocab_size`` and ``padding_idx``) and ``num_outputs`` from the data set, so no size
+is typed twice; everything else comes from ``conf/model/*.yaml``, the one place that holds the defaults.
+
+Text models take a batch of token ids (N, L), padded with ``padding_idx`` to the batch's longest text, and
+each text's length (N,): whatever pads a text must not change its output, so that a text is classified
+alike alone or in any batch, in torch and in ONNX."""
 
 from __future__ import annotations
 
@@ -200,3 +204,155 @@ class TorchvisionModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.expand(-1, 3, -1, -1) if self.grayscale else x)
+
+
+# -- texts ------------------------------------------------------------------------------------------------
+def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) boolean: True at the positions past each text's length."""
+    return torch.arange(width, device=lengths.device) >= lengths.unsqueeze(1)
+
+
+def mean_over_text(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` (N, L, D) over each text's own positions."""
+    kept = x.masked_fill(padding_mask(lengths, x.shape[1]).unsqueeze(2), 0.0)
+    return kept.sum(1) / lengths.unsqueeze(1).to(x.dtype)
+
+
+class EmbeddingBag(nn.Module):
+    """fastText's classifier, the fast baseline: the mean of a text's word embeddings, then a linear layer
+    (a bag of words: the order of the words is not seen).
+
+    Args:
+        embedding_dim: the size of a word's vector.
+        dropout: on the mean vector, in training.
+    """
+
+    def __init__(self, vocab_size: int, padding_idx: int, num_outputs: int, embedding_dim: int, dropout: float):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embedding_dim, num_outputs)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(mean_over_text(self.embedding(ids), lengths)))
+
+
+def reverse_each(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each text's positions of ``x`` (N, L, D) in reverse order, its padding left where it is."""
+    t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    end = lengths.unsqueeze(1)
+    index = torch.where(t < end, end - 1 - t, t)
+    return x.gather(1, index.unsqueeze(2).expand_as(x))
+
+
+class RNN(nn.Module):
+    """A recurrent network over the words: embedding -> ``num_layers`` of LSTM or GRU (each direction, where
+    ``bidirectional``, run over packed sequences: no step is spent on padding), then a linear layer on the
+    last step of each direction (the forward one at the text's end, the backward one at its start).
+
+    Args:
+        max_length: the longest text (``dataset.max_length``): an exported model runs over this many steps
+            (torch.export cannot trace packed sequences, nor an RNN over a sequence of any length), the
+            steps past a text's end unused.
+        cell: ``LSTM`` or ``GRU``.
+        embedding_dim, hidden_size: sizes of a word's vector and of each direction's state.
+        dropout: on the word vectors, between layers and on the last states, in training.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        padding_idx: int,
+        num_outputs: int,
+        max_length: int,
+        cell: str,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+    ):
+        super().__init__()
+        if cell not in ("LSTM", "GRU"):
+            raise ConfigError(f"model.cell must be LSTM or GRU, got {cell!r}")
+        directions = 2 if bidirectional else 1
+        self.max_length, self.hidden_size = max_length, hidden_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                getattr(nn, cell)(
+                    embedding_dim if i == 0 else hidden_size * directions, hidden_size, batch_first=True
+                )
+                for _ in range(directions)
+            )
+            for i in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * directions, num_outputs)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(ids)
+        for layer in self.layers:
+            x = self.dropout(x)
+            outputs = [self._run(layer[0], x, lengths)]
+            if len(layer) == 2:  # the backward direction: the forward one over each text reversed
+                outputs.append(reverse_each(self._run(layer[1], reverse_each(x, lengths), lengths), lengths))
+            x = torch.cat(outputs, 2)
+        end = (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
+        last = [x[:, :, : self.hidden_size].gather(1, end).squeeze(1)]
+        if x.shape[2] > self.hidden_size:
+            last.append(x[:, 0, self.hidden_size :])
+        return self.head(self.dropout(torch.cat(last, 1)))
+
+    def _run(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``rnn``'s outputs over each text (N, L, hidden), those past its end unspecified."""
+        if torch.compiler.is_exporting():
+            width = x.shape[1]
+            return rnn(nn.functional.pad(x, (0, 0, 0, self.max_length - width)))[0][:, :width]
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+
+class Transformer(nn.Module):
+    """A small Transformer encoder over the words: word embeddings plus learned position embeddings ->
+    ``num_layers`` of ``nn.TransformerEncoderLayer`` (pre-norm; padding masked out of attention) -> the mean
+    over the text's positions -> a linear layer.
+
+    Args:
+        max_length: the longest text (``dataset.max_length``): the positions that have an embedding.
+        embedding_dim: the model's width (a word's vector); a multiple of ``num_heads``.
+        num_heads, num_layers, feedforward_size: attention heads, layers, and each layer's hidden width.
+        dropout: in every layer and on the embeddings, in training.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        padding_idx: int,
+        num_outputs: int,
+        max_length: int,
+        embedding_dim: int,
+        num_heads: int,
+        num_layers: int,
+        feedforward_size: int,
+        dropout: float,
+    ):
+        super().__init__()
+        if embedding_dim % num_heads:
+            raise ConfigError(
+                f"model.embedding_dim={embedding_dim} must be a multiple of model.num_heads={num_heads}"
+            )
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.positions = nn.Embedding(max_length, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            embedding_dim, num_heads, feedforward_size, dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embedding_dim)
+        self.head = nn.Linear(embedding_dim, num_outputs)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.embedding(ids) + self.positions.weight[: ids.shape[1]])
+        x = self.encoder(x, src_key_padding_mask=padding_mask(lengths, ids.shape[1]))
+        return self.head(mean_over_text(self.norm(x), lengths))

@@ -50,12 +50,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     path = Path(to_absolute_path(cfg.input))
     if not path.exists():
         raise DataError(f"input={path} does not exist; pass {predictor.kind.files}")
-    names, raw, targets = predictor.kind.read(path)
+    names, raw, targets, notes = predictor.kind.read(path)
     starts = range(0, count(raw), cfg.batch_size)
     outputs = torch.cat([predictor(chunk(raw, i, i + cfg.batch_size)) for i in starts])
     path = output_path(output, Path.cwd() / "predictions.csv")
-    write_predictions(path, names, predictor.answers(outputs))
+    write_predictions(path, names, predictor.answers(outputs), notes)
     log.info("wrote %d predictions to %s", len(names), path)
+    if notes and any(notes):
+        flagged = [f"{name} ({note})" for name, note in zip(names, notes, strict=True) if note][:5]
+        log.warning("%d inputs are flagged in the note column: %s", sum(map(bool, notes)), ", ".join(flagged))
     if targets is None:
         return {}
     task = predictor.task
@@ -68,9 +71,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def write_predictions(path: Path, names: list[str], answers: list[dict[str, Any]]) -> None:
+def write_predictions(
+    path: Path, names: list[str], answers: list[dict[str, Any]], notes: list[str] | None = None
+) -> None:
     """CSV rows: the input's name, the prediction and, for classifiers, its label and one probability per
-    class (``Predictor.answers``)."""
+    class (``Predictor.answers``); where the reader flagged inputs (``Read.notes``), a last ``note`` column."""
     if "value" in answers[0]:
         header = ["input", "prediction"]
         rows = [[name, answer["value"]] for name, answer in zip(names, answers, strict=True)]
@@ -81,6 +86,9 @@ def write_predictions(path: Path, names: list[str], answers: list[dict[str, Any]
             [name, a["class_index"], a["label"], *(f"{p:.6f}" for p in a["probabilities"].values())]
             for name, a in zip(names, answers, strict=True)
         ]
+    if notes and any(notes):
+        header.append("note")
+        rows = [[*row, note] for row, note in zip(rows, notes, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

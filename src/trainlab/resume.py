@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint, settings, stored_config
+from trainlab import checkpoint, distributed, settings, stored_config
 from trainlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 MISSING = object()  # a key that a config does not have
+AUTO = "auto"  # ckpt_path=auto: the run's own last.ckpt, where it has one
 
 
 def resumable(key: str) -> bool:
@@ -79,6 +81,41 @@ def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
         what += f", not the last.ckpt of its run: training goes on from epoch {state['epoch']}"
     log.info("resuming from %s with the config saved in it", what)
     return OmegaConf.create(resumed)
+
+
+def checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint a run in ``run_dir`` starts from: ``cfg.ckpt_path`` as given, or, for ``ckpt_path=auto``,
+    the ``last.ckpt`` of the run already in ``run_dir`` (a named run's folder, ``outputs/runs/<run_id>``), None
+    where it has none yet: then the run starts. So the same command, run again after a preemption, a requeue
+    or a restart of its torchrun group, continues where the last attempt saved.
+
+    ``ckpt_path=auto`` without a ``run_id`` is refused: its run dir would be a new one every time. A named
+    run is refused too where its folder already holds a run that it does not continue (it would overwrite
+    it). Under torchrun rank 0's file system answers for every rank.
+    """
+    ckpt_path, run_id = cfg.get("ckpt_path"), cfg.get("run_id")
+    named = run_id not in (None, "")
+    if named and (os.sep in str(run_id) or str(run_id) in (".", "..")):
+        raise ConfigError(
+            f"run_id={run_id} must be a plain name: it names the run's folder, e.g. run_id=mnist-lr3e-4"
+        )
+    last = checkpoint.RunCheckpoints(run_dir).last
+    exists = distributed.from_main_object(last.is_file())
+    if ckpt_path == AUTO:
+        if not named:
+            raise ConfigError(
+                "ckpt_path=auto continues the run that run_id names, and none is named: add run_id=<name> (the same "
+                "in every attempt), or run under SLURM or torchrun, whose job id (SLURM_JOB_ID, --rdzv_id) names it"
+            )
+        if not exists:
+            log.info("run %s has no checkpoint yet: it starts in %s", run_id, run_dir)
+            return None
+        return str(last)
+    if named and exists and (not ckpt_path or Path(run_dir).resolve() not in Path(ckpt_path).resolve().parents):
+        raise ConfigError(
+            f"run {run_id} already exists ({last}); continue it with ckpt_path=auto, or choose another run_id"
+        )
+    return ckpt_path
 
 
 def _refused(key: str, given: str | None, new: Any, old: Any) -> ConfigError:

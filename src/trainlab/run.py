@@ -21,7 +21,7 @@ from trainlab.dataloader import BatchedData, InputSpec
 from trainlab.dataloader.base import Normalization
 from trainlab.errors import ConfigError
 from trainlab.outputs import flat_hparams
-from trainlab.resume import resumed_config
+from trainlab.resume import checkpoint_to_continue, resumed_config
 from trainlab.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -163,22 +163,31 @@ def build_scheduler(cfg: DictConfig, optimizer, trainer: Trainer, data: BatchedD
     return make(optimizer), interval
 
 
-def prepare_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+def prepare_config(
+    cfg: DictConfig, overrides: list[str] | None = None, run_dir: str | Path | None = None
+) -> DictConfig:
     """The config a run is built from. The files and folders it names are made absolute, so that the config
     saved in checkpoints works from any folder (dataset=csv's path, dataset=image_folder's root,
-    model=torchvision's weights). With ``ckpt_path`` it is the checkpoint's own config, with the command line's
-    ``overrides`` that a resumed run may change (``trainlab.resume``)."""
+    model=torchvision's weights). Given the ``run_dir``, ``ckpt_path=auto`` becomes that run's own
+    ``last.ckpt``, or nothing for a run that starts (``trainlab.resume.checkpoint_to_continue``). With
+    ``ckpt_path`` it is the checkpoint's own config, with the command line's ``overrides`` that a resumed run
+    may change (``trainlab.resume``)."""
     for key in settings.PATHS:
         value = OmegaConf.select(cfg, key)
         if value:
             OmegaConf.update(cfg, key, to_absolute_path(value))
+    if run_dir is not None:
+        ckpt_path = checkpoint_to_continue(cfg, Path(run_dir))
+        if ckpt_path != cfg.get("ckpt_path"):  # ckpt_path=auto
+            cfg.run_id = cfg.run_id  # resolved before ckpt_path changes: its default follows ckpt_path=auto
+            cfg.ckpt_path = ckpt_path
     return resumed_config(cfg, overrides) if cfg.get("ckpt_path") else cfg
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Prepare ``cfg`` (``prepare_config``), then build the run, fit it in ``run_dir`` and return its final
     metrics."""
-    return build_and_fit(prepare_config(cfg, overrides), run_dir)
+    return build_and_fit(prepare_config(cfg, overrides, run_dir), run_dir)
 
 
 def build_and_fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -187,15 +196,16 @@ def build_and_fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     params = sum(p.numel() for p in run.model.parameters())
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.info(
-        "model %s (%s parameters, %s trainable), data %s: %d train / %d val / %d test, device %s",
+        "model %s (%s parameters, %s trainable) on %s, data %s: %d train / %d val / %d test, device %s",
         type(run.model).__name__,
         f"{params:,}",
         f"{trainable:,}",
+        run.data.input_spec().input_kind().summary(),
         type(run.data).__name__,
         *(run.data.num_samples(split) for split in ("train", "val", "test")),
         run.trainer.device,
     )
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    if ckpt_path:
+    if ckpt_path and Path(ckpt_path).parents[1].resolve() != Path(run_dir).resolve():
         log.info("this run continues %s in %s (that run is not touched)", Path(ckpt_path).parents[1], run_dir)
     return run.fit(cfg, run_dir, ckpt_path=ckpt_path)

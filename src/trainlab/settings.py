@@ -12,6 +12,7 @@ from __future__ import annotations
 # and they do not name a sweep's run dirs.
 RUN_ONLY = (
     "ckpt_path",
+    "run_id",
     "debug_errors",
     "hydra",
     "hparams_search",

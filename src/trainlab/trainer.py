@@ -169,6 +169,7 @@ class Trainer:
         start = time.perf_counter()
         loggers = Loggers(self.loggers.values() if distributed.is_main() else ())  # rank 0 records
         loggers.start(RunInfo(run_dir, hparams or {}, data.task.metric_names, loop.global_step, config_yaml))
+        outputs.write_reports(run_dir, data.reports(), loggers, loop.global_step)
         context = FitContext(model, data, self.monitor, loggers, run_dir, self.autocast, loop)
         results = None
         try:

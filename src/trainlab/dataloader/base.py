@@ -149,6 +149,12 @@ class BatchedData:
         """The ``val`` or ``test`` split in order, never augmented."""
         raise NotImplementedError
 
+    def reports(self) -> dict[str, str]:
+        """What this data set has to say about its inputs, as files for the run dir, also shown in the loggers'
+        Text tab: file name -> text (a table's column report ``columns.md``, an image folder's
+        ``skipped_files.txt``). None by default."""
+        return {}
+
     def show(self, samples: list[Inputs], captions: list[str]) -> Image.Image | str | None:
         """A picture of some samples' model inputs (``sample`` of a batch), each with its caption, for the
         loggers: an image (a grid of images), Markdown text (a table of texts), or None where this kind of

@@ -13,7 +13,13 @@ Two ways to serve it, chosen by size (the log says which):
   memory), in the same seeded order, handed to it through a sampler, so a resumed run sees the same batches.
   Statistics to normalise with are computed once on a sample of the training images and cached too.
 
-Both draw the same splits (``tensors.split_samples``).
+Both draw the same splits (``tensors.split_samples``), of the same files: every file is decoded by the one
+decode function of images (``kinds.image.decode_image``, through the ``ImageFolder``'s loader), and a file
+that cannot be (truncated, empty, not an image, over Pillow's pixel limit) is skipped and counted, on both
+paths alike: the in-memory decode keeps the images that decoded, and a streamed folder is checked once, by
+the same decode, before it is split (both cached with the list of skipped files, so later runs know them
+without decoding). The list is logged and written to the run dir (``skipped_files.txt``);
+``dataset.on_bad_file=error`` stops before training instead, with one line naming every such file.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,7 +41,7 @@ from torchvision.datasets import ImageFolder
 from trainlab.dataloader import cache
 from trainlab.dataloader.base import Batch, Normalization
 from trainlab.dataloader.kinds.image import ImageData, read_class_folders
-from trainlab.dataloader.tensors import Splits, split_samples
+from trainlab.dataloader.tensors import Splits, available_memory, check_memory_budget, split_samples
 from trainlab.errors import DataError
 from trainlab.progress import Progress
 
@@ -45,49 +52,65 @@ DECODE_BATCH = 256  # images per batch a decoding worker hands back
 STATISTICS_SAMPLE = 2000  # training images the statistics of a streamed folder are computed on
 
 
-def available_memory() -> int:
-    """Bytes of memory available for new data: Linux's estimate (``MemAvailable``), elsewhere the physical
-    memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def cores() -> int:
     """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def in_batches(images: Dataset, workers: int, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) of ``images`` in order, decoded in batches by ``workers`` processes (none for a single
-    batch), with a progress bar on a terminal."""
+def in_batches(images: Dataset, workers: int, description: str) -> Iterator[tuple]:
+    """The samples of ``images`` in order (images, labels...), decoded in batches by ``workers`` processes (none
+    for a single batch), with a progress bar on a terminal."""
     batches = math.ceil(len(images) / DECODE_BATCH)
     workers = min(workers, batches) if batches > 1 else 0
     # its own generator: iterating draws a seed, which must not come from the global RNG (a run that decodes
     # would initialise its model differently from one that reads the cache)
     loader = DataLoader(images, batch_size=DECODE_BATCH, num_workers=workers, generator=torch.Generator())
     with Progress(description, len(images), enabled=sys.stdout.isatty()) as bar:
-        for x, y in loader:
-            yield x, y
-            bar.advance(len(y))
+        for batch in loader:
+            yield batch
+            bar.advance(len(batch[1]))
+
+
+class Checked(Dataset):
+    """``(pixels, label, error)`` of each file of an ImageFolder (its loader: ``kinds.image.load_image``): a
+    file that cannot be decoded gives zeros and its one-line error, so that no DataLoader worker dies of it."""
+
+    def __init__(self, images: ImageFolder, shape: Sequence[int], dtype: torch.dtype):
+        self.images, self.shape, self.dtype = images, tuple(shape), dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path, label = self.images.samples[index]
+        try:
+            return self.images.loader(path), label, ""
+        except DataError as error:
+            return torch.zeros(self.shape, dtype=self.dtype), label, str(error)
 
 
 def decode_folder(
-    images: ImageFolder, shape: Sequence[int], description: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of ``images`` (uint8 tensors of ``shape``) and its label, stacked: (N, *shape), (N,)."""
-    x = torch.empty((len(images), *shape), dtype=torch.uint8)
+    images: ImageFolder, shape: Sequence[int], description: str, keep: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor, list[int], list[str]]:
+    """Every image of ``images`` that decodes (uint8 tensors of ``shape``; with ``keep`` false: checked, not
+    kept) and its label, stacked: (N, *shape), (N,); and the positions and errors of those that do not."""
+    x = torch.empty((len(images), *shape), dtype=torch.uint8) if keep else None
     y = torch.empty(len(images), dtype=torch.int64)
+    bad: list[int] = []
+    errors: list[str] = []
     done = 0
-    for batch_x, batch_y in in_batches(images, cores(), description):
-        x[done : done + len(batch_y)], y[done : done + len(batch_y)] = batch_x, batch_y
+    for batch_x, batch_y, batch_errors in in_batches(Checked(images, shape, torch.uint8), cores(), description):
+        if x is not None:
+            x[done : done + len(batch_y)] = batch_x
+        y[done : done + len(batch_y)] = batch_y
+        bad += [done + i for i, error in enumerate(batch_errors) if error]
+        errors += [error for error in batch_errors if error]
         done += len(batch_y)
-    return x, y
+    if bad:
+        good = torch.ones(len(images), dtype=torch.bool)
+        good[bad] = False
+        x, y = (x[good] if x is not None else None), y[good]
+    return x, y, bad, errors
 
 
 class _EpochOrder(Sampler[int]):
@@ -116,6 +139,10 @@ class ImageFolderData(ImageData):
         channels: 3 (RGB) or 1 (grayscale).
         memory_budget: the share of the available memory the decoded images (float32) may take to be held in
             memory; larger folders stream. 0: always stream.
+        background: the colour transparent images are composited on (a PIL colour: ``white``, ``black``,
+            ``"#808080"``).
+        on_bad_file: ``skip`` files that cannot be decoded (listed in the log and ``skipped_files.txt``), or
+            stop with an ``error`` naming them all.
         mean, std: per channel; null: what a pretrained model expects (``setup``), else fitted on the training
             split.
         num_workers, pin_memory, persistent_workers: the ``DataLoader``'s of a streamed folder.
@@ -130,6 +157,8 @@ class ImageFolderData(ImageData):
         image_size: int | Sequence[int],
         channels: int,
         memory_budget: float,
+        background: str,
+        on_bad_file: str,
         num_workers: int,
         pin_memory: bool,
         persistent_workers: bool,
@@ -140,14 +169,19 @@ class ImageFolderData(ImageData):
             raise DataError("dataset=image_folder needs the folder: add dataset.root=<folder of class folders>")
         if channels not in (1, 3):
             raise DataError(f"dataset.channels must be 1 or 3, got {channels}")
-        if (
-            isinstance(memory_budget, bool)
-            or not isinstance(memory_budget, int | float)
-            or not 0 <= memory_budget <= 1
-        ):
+        check_memory_budget(memory_budget)
+        if on_bad_file not in ("skip", "error"):
+            raise DataError(f"dataset.on_bad_file must be skip or error, got {on_bad_file!r}")
+        from PIL import ImageColor
+
+        try:
+            ImageColor.getrgb(background)
+        except (ValueError, AttributeError):
             raise DataError(
-                f"dataset.memory_budget is a share of the available memory, in [0, 1]; got {memory_budget}"
-            )
+                f"dataset.background={background} is not a colour; e.g. white, black, '#808080'"
+            ) from None
+        self.background, self.on_bad_file = background, on_bad_file
+        self.skipped: list[tuple[str, str]] = []  # (file, why) of the files that could not be decoded
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.input_shape = (channels, height, width)
         self.root = Path(to_absolute_path(root))
@@ -173,7 +207,10 @@ class ImageFolderData(ImageData):
                 f"cv=kfold makes validation folds of the training images, but {paths['val']} is a fixed "
                 "validation split: move its images into train/, or drop cv=kfold"
             )
-        folders = {name: read_class_folders(path, self.input_shape, to_float) for name, path in paths.items()}
+        folders = {
+            name: read_class_folders(path, self.input_shape, to_float, self.background)
+            for name, path in paths.items()
+        }
         classes = folders["train"].classes
         if len(classes) < 2:
             raise DataError(f"{paths['train']} has {len(classes)} class folder; classification needs at least 2")
@@ -184,6 +221,15 @@ class ImageFolderData(ImageData):
                     "give every split the same class folders"
                 )
         return folders
+
+    def decoding(self) -> str:
+        """What the decoded pixels depend on, naming their caches: ``3x64x64-white``."""
+        return "x".join(map(str, self.input_shape)) + "-" + re.sub(r"\W", "", self.background)
+
+    def reports(self) -> dict[str, str]:
+        if not self.skipped:
+            return {}
+        return {"skipped_files.txt": "".join(f"{path}\t{why}\n" for path, why in self.skipped)}
 
     def setup(self, normalization: Normalization | None = None) -> ImageFolderData:
         folders = self.read_folders()
@@ -200,21 +246,55 @@ class ImageFolderData(ImageData):
 
     # -- in memory -----------------------------------------------------------------------------------
     def load(self) -> Splits:
-        """Every split's images, decoded once and cached (``uint8``)."""
-        decoded = cache.load_or_decode(self.root, self.decode, variant="x".join(map(str, self.input_shape)))
+        """Every split's images that decode, decoded once and cached (``uint8``) with the list of the others."""
+        decoded = cache.load_or_decode(self.root, self.decode, variant=self.decoding())
+        self.take_skipped(decoded.pop("skipped"))
         return Splits(**decoded)
 
-    def decode(self) -> dict:
-        decoded = {}
+    def decode(self, keep: bool = True) -> dict:
+        """Every split's images and labels (``keep`` false: only checked), the classes, and the files skipped:
+        ``[relative path, error]``."""
+        decoded: dict = {"skipped": []}
         for name, folder in self.read_folders(to_float=False).items():
-            decoded[f"x_{name}"], decoded[f"y_{name}"] = decode_folder(
-                folder, self.input_shape, f"decoding {name} images"
-            )
+            x, y, bad, errors = decode_folder(folder, self.input_shape, f"decoding {name} images", keep)
+            decoded["skipped"] += [
+                [str(Path(folder.samples[i][0]).relative_to(self.root)), why]
+                for i, why in zip(bad, errors, strict=True)
+            ]
+            if keep:
+                decoded[f"x_{name}"], decoded[f"y_{name}"] = x, y
             decoded["classes"] = folder.classes
         return decoded
 
+    def take_skipped(self, skipped: list[list[str]]) -> None:
+        """The files that could not be decoded: logged and kept for ``skipped_files.txt``, or with
+        ``on_bad_file=error`` one ``DataError`` naming every one of them."""
+        self.skipped = [(path, why.removeprefix(str(self.root / path)).strip()) for path, why in skipped]
+        if not self.skipped:
+            return
+        listed = "; ".join(f"{path} {why}" for path, why in self.skipped)
+        if self.on_bad_file == "error":
+            raise DataError(
+                f"{len(self.skipped)} files of {self.root} cannot be decoded (dataset.on_bad_file=error): {listed}; "
+                "remove or replace them, or set dataset.on_bad_file=skip to train without them"
+            )
+        log.warning(
+            "%s: skipped %d files that cannot be decoded (listed in skipped_files.txt in the run dir): %s",
+            self.root,
+            len(self.skipped),
+            listed,
+        )
+
     # -- streamed ------------------------------------------------------------------------------------
     def setup_stream(self, folders: dict[str, ImageFolder], normalization: Normalization | None) -> None:
+        checked = cache.load_or_decode(
+            self.root, lambda: self.decode(keep=False), variant=f"checked-{self.decoding()}"
+        )
+        self.take_skipped(checked["skipped"])
+        skipped = {str(self.root / path) for path, _ in self.skipped}
+        for folder in folders.values():  # the files that decode, as the in-memory path keeps them
+            folder.samples = [(path, label) for path, label in folder.samples if path not in skipped]
+            folder.imgs, folder.targets = folder.samples, [label for _, label in folder.samples]
         self.classes = list(folders["train"].classes)
         train = folders["train"]
         indices = split_samples(
@@ -241,7 +321,7 @@ class ImageFolderData(ImageData):
 
         def compute() -> dict[str, torch.Tensor]:
             total = torch.zeros(3, self.input_shape[0], dtype=torch.float64)  # count, sum, sum of squares
-            for x, _ in in_batches(Subset(train, sample.tolist()), cores(), "image statistics"):
+            for x, *_ in in_batches(Subset(train, sample.tolist()), cores(), "image statistics"):
                 x = x.double().transpose(0, 1).flatten(1)  # (C, pixels)
                 total += torch.stack([torch.full_like(x[:, 0], x.shape[1]), x.sum(1), x.square().sum(1)])
             count, sum_, squares = total
@@ -249,8 +329,7 @@ class ImageFolderData(ImageData):
             std = ((squares - count * mean.square()) / (count - 1)).clamp_min(0).sqrt()
             return {"mean": mean.float(), "std": std.float().clamp_min(1e-6)}
 
-        shape = "x".join(map(str, self.input_shape))
-        statistics = cache.load_or_decode(self.root, compute, variant=f"statistics-{shape}-{key}")
+        statistics = cache.load_or_decode(self.root, compute, variant=f"statistics-{self.decoding()}-{key}")
         return statistics["mean"], statistics["std"]
 
     def num_samples(self, split: str) -> int:

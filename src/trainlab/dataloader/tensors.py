@@ -6,12 +6,13 @@ times faster than a per-sample DataLoader, and it makes the data order a pure fu
 which is what exact resume relies on. (Image folders too large for memory stream through a DataLoader in
 the same order: ``image_folder.py``; both offer the interface of ``BatchedData``.)
 
-A data set is one subclass of ``ImageData`` or ``TableData`` that implements ``load()`` and one YAML file
-in ``conf/dataset/`` that names it with ``_target_``.
+A data set is one subclass of its kind's in-memory data set (``ImageData``, ``TableData``, ``TextData``: ``kinds/``)
+that implements ``load()``, and one YAML file in ``conf/dataset/`` that names it with ``_target_``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,11 +74,21 @@ def as_float(x: torch.Tensor, copy: bool = False) -> torch.Tensor:
     return x.to(torch.float32, copy=copy)
 
 
-def split(index: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded split of sample indices into (kept, held out), ``fraction`` of them held out."""
+def split(
+    index: torch.Tensor, fraction: float, generator: torch.Generator, classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of sample indices into (kept, held out), ``fraction`` of them held out; with ``classes``
+    (each sample's), ``fraction`` of each class (rounded), so that a rare class is held out in proportion."""
     order = torch.randperm(len(index), generator=generator)
-    n_held = round(len(index) * fraction)
-    return index[order[n_held:]], index[order[:n_held]]
+    if classes is None:
+        n_held = round(len(index) * fraction)
+        return index[order[n_held:]], index[order[:n_held]]
+    by_class = order[classes[order].argsort(stable=True)]  # each class's samples together, in random order
+    counts = torch.bincount(classes)
+    start = torch.cumsum(counts, 0) - counts  # where each class begins in by_class
+    rank = torch.arange(len(index)) - start[classes[by_class]]  # position within its class
+    held = rank < (counts.double() * fraction).round().long()[classes[by_class]]
+    return index[by_class[~held]], index[by_class[held]]
 
 
 def split_samples(
@@ -86,26 +97,53 @@ def split_samples(
     test_fraction: float | None,
     val_fraction: float | None,
     cv: KFold | None = None,
+    stratify: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The seeded split of a data set's training samples (``targets``: theirs): indices of ``train``,
     ``val`` and ``test``.
 
     ``test_fraction`` of the samples are held out for testing, then ``val_fraction`` of the rest for
     validation, or, with ``cv``, that k-fold's validation part of the rest; a fraction of None leaves that
-    split out (the data set has its own). The one place splits are drawn, whether the samples are held in
+    split out (the data set has its own). ``stratify``: each fraction is taken of every class (``targets``
+    are class indices), as k-fold's folds are. The one place splits are drawn, whether the samples are held in
     memory or streamed from files: the same seed, the same split.
     """
     generator = torch.Generator().manual_seed(seed)
     kept = torch.arange(len(targets))
     indices = {}
     if test_fraction is not None:
-        kept, indices["test"] = split(kept, test_fraction, generator)
+        kept, indices["test"] = split(kept, test_fraction, generator, targets[kept] if stratify else None)
     if cv is not None:
         kept, indices["val"] = cv.split(kept, targets[kept], seed)
     elif val_fraction is not None:
-        kept, indices["val"] = split(kept, val_fraction, generator)
+        kept, indices["val"] = split(kept, val_fraction, generator, targets[kept] if stratify else None)
     indices["train"] = kept
     return indices
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new data: Linux's estimate (``MemAvailable``), elsewhere the physical
+    memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory_budget(memory_budget: float) -> None:
+    """``dataset.memory_budget``: the share of the available memory a data set may take, in [0, 1]."""
+    if (
+        isinstance(memory_budget, bool)
+        or not isinstance(memory_budget, int | float)
+        or not 0 <= memory_budget <= 1
+    ):
+        raise DataError(
+            f"dataset.memory_budget is a share of the available memory, in [0, 1]; got {memory_budget}"
+        )
 
 
 def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
@@ -131,6 +169,8 @@ class TensorData(BatchedData):
         cv: the fold of k-fold cross-validation (``conf/cv/``) that replaces the ``val_fraction`` split;
             None: none.
     """
+
+    stratify = False  # whether the held-out fractions are drawn per class (``split_samples``)
 
     def __init__(
         self,
@@ -169,6 +209,7 @@ class TensorData(BatchedData):
             test_fraction=self.test_fraction if splits.x_test is None else None,
             val_fraction=self.val_fraction if splits.x_val is None else None,
             cv=self.cv,
+            stratify=self.stratify,
         )
         self.indices = {name: indices.get(name) for name in ("train", "val", "test")}  # test: None if official
         for name in ("train", "val", "test"):  # each split's own copy, preprocessed in place below
@@ -225,7 +266,7 @@ class TensorData(BatchedData):
         # one copy of the epoch's indices to the device, not one (and a host sync on a GPU) per batch
         indices = torch.cat(shards).to(self.device).split([shard.shape[0] for shard in shards])
         for batch, index in enumerate(indices, start):
-            x = rows(self.x_train, index)
+            x = self.batch_inputs(self.x_train, index)
             if self.augment is not None:
                 x = self.transform(self._augment(self.untransform(x), epoch, batch))
             yield x, rows(self.y_train, index)
@@ -237,7 +278,11 @@ class TensorData(BatchedData):
         for i in range(0, len(y), step):
             index = self.shard(torch.arange(i, min(i + step, len(y)), device=self.device))
             if len(index):
-                yield rows(x, index), rows(y, index)
+                yield self.batch_inputs(x, index), rows(y, index)
+
+    def batch_inputs(self, x: Inputs, index: torch.Tensor) -> Inputs:
+        """A batch's model inputs: the samples ``index`` of a split's ``x`` (texts: cut to the batch's longest)."""
+        return rows(x, index)
 
 
 def on_device(x: Inputs, device: torch.device, channels_last: bool = False) -> Inputs:

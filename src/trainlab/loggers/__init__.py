@@ -39,6 +39,14 @@ class RunInfo:
     config_yaml: str = ""
 
 
+def sweep_dir(run_dir: Path) -> Path | None:
+    """The Hydra sweep dir (the folder holding Hydra's ``multirun.yaml``) that ``run_dir`` is a job's run dir
+    in; None for a single run."""
+    return next(
+        (folder for folder in Path(run_dir).resolve().parents if (folder / "multirun.yaml").is_file()), None
+    )
+
+
 class Logger:
     """The interface of a logger; every method may be left as it is (a logger of epochs ignores steps)."""
 

@@ -22,7 +22,13 @@ class CSVLogger(Logger):
         self.rows: list[dict[str, Any]] = []
 
     def start(self, run: RunInfo) -> None:
+        """A run that goes on in its own run dir (``ckpt_path=auto``) keeps the rows of the steps its checkpoint
+        holds, and drops those that the stopped attempt wrote after it."""
         self.path = Path(run.run_dir) / FILE
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= run.resumed_step]
+            self.rows = [{key: value for key, value in row.items() if value != ""} for row in kept]
 
     def log_epoch(self, metrics: dict[str, float], epoch: int, step: int) -> None:
         self.rows.append({"epoch": epoch, "step": step, **metrics})

@@ -19,7 +19,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary_v2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from trainlab.loggers import Logger, RunInfo
+from trainlab.loggers import Logger, RunInfo, sweep_dir
 from trainlab.outputs import MAIN_SETTINGS
 
 if TYPE_CHECKING:
@@ -30,14 +30,17 @@ FOLDER = "tensorboard"
 
 
 class TensorBoardLogger(Logger):
-    """A ``SummaryWriter`` on ``<run dir>/tensorboard``. A resumed run purges the events the first run logged
-    after the step it resumes from, so its curves go on without a fold."""
+    """A ``SummaryWriter`` on ``<run dir>/tensorboard``. A run that goes on in its own run dir
+    (``ckpt_path=auto``) purges the events that the stopped attempt logged after the step it saved, so its
+    curves go on without a fold or a duplicate point."""
 
     def start(self, run: RunInfo) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run = run
-        self.writer = SummaryWriter(Path(run.run_dir) / FOLDER, purge_step=run.resumed_step or None)
+        folder = Path(run.run_dir) / FOLDER
+        purge_step = run.resumed_step + 1 if folder.is_dir() else None  # what the checkpoint holds stays
+        self.writer = SummaryWriter(folder, purge_step=purge_step)
         self.writer.add_custom_scalars(custom_scalars_layout(run.metric_names))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -65,16 +68,11 @@ class TensorBoardLogger(Logger):
         if results is not None:
             hparams, run_dir = self.run.hparams, Path(self.run.run_dir)
             summaries = [session_start_summary(hparams, run_dir.name), session_end_summary()]
-            if not in_sweep(run_dir):
+            if sweep_dir(run_dir) is None:
                 summaries.append(experiment_summary(hparams, results))
             for summary in summaries:
                 self.writer.file_writer.add_summary(summary)
         self.writer.close()
-
-
-def in_sweep(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is a job's run dir in a Hydra sweep dir (one holding Hydra's ``multirun.yaml``)."""
-    return any((folder / "multirun.yaml").is_file() for folder in Path(run_dir).resolve().parents)
 
 
 def session_start_summary(hparams: dict[str, Any], run_name: str) -> Summary:

@@ -36,6 +36,11 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def group_overrides(overrides: list[str]) -> list[str]:
+    """What names a job's group: its overrides without the repeat keys (``seed``, ``cv.fold``)."""
+    return [o for o in overrides if override_key(o) not in REPEAT_KEYS]
+
+
 def group_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The groups of ``summary.collect_rows``'s rows, best mean monitor first (groups without a finished
     member last). Each has its ``overrides`` (without seed and fold), its ``members`` (rows) and the
@@ -43,7 +48,7 @@ def group_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pruned), and ``stats``: ``{metric: (mean, std)}``, the std None for fewer than two values."""
     groups: dict[frozenset, dict[str, Any]] = {}
     for row in rows:
-        overrides = [o for o in row["overrides"] if override_key(o) not in REPEAT_KEYS]
+        overrides = group_overrides(row["overrides"])
         groups.setdefault(frozenset(overrides), {"overrides": overrides, "members": []})["members"].append(row)
     monitor, mode = rows[0]["monitor"], rows[0]["monitor_mode"]
     for group in groups.values():
@@ -167,11 +172,15 @@ def write_pictures(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def validation_curve(run_dir: Path, tag: str) -> list[float]:
-    """The values of ``tag`` that a run logged, one per epoch, read from its TensorBoard events."""
+    """The values of ``tag`` that a run logged, one per epoch, read from its TensorBoard events; none for a run
+    without them (not logged to TensorBoard)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    folder = run_dir / "tensorboard"
+    if not folder.is_dir():
+        return []
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per run about its last event file
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep all
     events.Reload()
     return [event.value for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
 

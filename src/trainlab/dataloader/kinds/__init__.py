@@ -1,4 +1,4 @@
-"""Kinds of input: images, table rows (and whatever module is added here): what a model's raw inputs are and
+"""Kinds of input: images, table rows, texts (and whatever module is added here): what a model's raw inputs are and
 how each is read, preprocessed, served and exported.
 
 A kind is one module of this package. It defines the in-memory data set of its kind (the training side: how
@@ -8,8 +8,8 @@ the subclass registers it under its ``name``, and ``InputKind.of(spec)`` finds i
 module of this package is imported on the first look-up): no other code branches on which kind it is.
 
 Raw inputs are what a user hands over, decoded: images as float tensors in [0, 1] at the trained size,
-table rows as encoded features with NaN for a missing value. A batch of them is one tensor, or a tuple of
-tensors where a kind needs several (token ids and lengths). ``preprocessing()`` turns raw inputs into model
+table rows as encoded features with NaN for a missing value, texts as token ids and lengths. A batch of them
+is one tensor, or a tuple of tensors where a kind needs several (token ids and lengths). ``preprocessing()`` turns raw inputs into model
 inputs; it is part of the served and exported model, in torch and in ONNX alike.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import Strict
@@ -30,8 +30,16 @@ if TYPE_CHECKING:
     from trainlab.dataloader.base import Inputs
     from trainlab.dataloader.spec import InputSpec
 
-Read = tuple[list[str], "Inputs", torch.Tensor | None]  # the inputs' names, raw inputs, targets where known
 Number = Annotated[float, Strict()]  # a JSON number (true and false are none)
+
+
+class Read(NamedTuple):
+    """What ``InputKind.read`` makes of ``predict.py input=``'s files."""
+
+    names: list[str]  # each input's name (a file, a row number...): predictions.csv's first column
+    inputs: Inputs  # the raw inputs
+    targets: torch.Tensor | None = None  # where the files hold them
+    notes: list[str] | None = None  # where some inputs are doubtful (an empty text): a note per input, "" or why
 
 
 class InputKind:
@@ -86,6 +94,11 @@ class InputKind:
         ``vocab_size``..."""
         return {"input_shape": list(self.spec.inputs["input_shape"])}
 
+    def summary(self) -> str:
+        """The inputs in a few words, for the log line that names the model: ``35 features from 12 columns``,
+        ``3x64x64 images``; by default what a model is sized by."""
+        return ", ".join(f"{key} {value}" for key, value in self.model_sizes().items())
+
     def preprocessing(self) -> nn.Module:
         """Raw inputs to model inputs, as an ``nn.Module`` (its ``forward`` takes the raw tensors)."""
         raise NotImplementedError
@@ -97,6 +110,11 @@ class InputKind:
     def onnx_dynamic_axes(self) -> list[dict[int, str]]:
         """Per ONNX input, its axes of any size by name: the batch, where raw inputs are one tensor."""
         return [{0: "batch"}]
+
+    def onnx_axis_max(self) -> dict[str, int]:
+        """The largest size of a named dynamic axis, where inputs have one (a text's length: ``max_length``):
+        a model may be traced for those sizes alone (an RNN runs that many steps)."""
+        return {}
 
     def check(self, raw: Inputs) -> Inputs:
         """``raw`` as the model takes it, or a ``DataError`` saying how it does not fit."""

@@ -1,18 +1,29 @@
 """Table rows: the kind of input of scikit-learn's tables, the synthetic line and a user's CSV, TSV or
 Parquet file (``dataset=csv``).
 
-Raw inputs are encoded features (N, F): number columns as they are (NaN: missing), category columns one-hot
-over their training categories; the model takes them imputed (the training mean) and standardised. The
-spec's ``inputs`` hold ``input_shape`` ([features]), the per-feature ``mean`` and ``std``, the ``target``
-column's name, the raw ``columns`` in encoding order (each ``{"name", "type": "number", "fill"}``, fill: the
-training mean imputed for a missing value, or ``{"name", "type": "category", "categories": [...]}``),
-``feature_names`` (``age``, ``colour=red``...) and ``na_values`` (cell texts that mean "missing"; None:
-pandas' default set). A request sends rows as JSON objects (``"rows"``).
+Raw inputs are encoded features (N, F) made from the rows' cells by ``encode_features``, the one encoding of
+training, predict, serve and export; the model takes them imputed (the training mean) and standardised
+(``Standardize``, which is also the preprocessing inside an exported ONNX graph). The spec's ``inputs`` hold
+``input_shape`` ([features]), the per-feature ``mean`` and ``std``, the ``target`` column's name, the raw
+``columns`` in encoding order, ``feature_names`` and ``na_values`` (cell texts that mean "missing"; None:
+pandas' default set). Each column is plain data saying how its cells become features (``features_of``):
+
+- ``{"name", "type": "number", "fill", "indicator"}``: the value (NaN where missing: the training mean
+  ``fill`` is imputed), and with ``indicator`` a 0/1 feature ``<name> missing``;
+- ``{"name", "type": "category", "categories": [...], "other", "missing"}``: one-hot over the kept
+  categories, plus ``<name>=(other)`` for any other value where ``other`` (else none of them), and
+  ``<name>=(missing)`` for a missing cell where ``missing`` (else none);
+- ``{"name", "type": "date", "format", "parts": [...], "fill": [...], "indicator"}``: the cells parsed with
+  ``format`` (``ISO8601`` or a strftime pattern), one number per part (``DATE_PARTS``: year, month,
+  day_of_year...; NaN where missing or unparsable, imputed with ``fill``), and with ``indicator``
+  ``<name> missing``.
+
+0/1 features (levels, indicators) are never standardised. A request sends rows as JSON objects (``"rows"``).
 
 Tables are read with pandas, with pyarrow's multi-threaded CSV parser (``engine="pyarrow"``): pandas is
 everywhere in data work, reads CSV, TSV and Parquet alike, and with pyarrow a 300,000-row CSV takes a
 fraction of a second; encoding is vectorised per column (``pd.to_numeric``, category codes by
-``pd.Index.get_indexer``), the one encoding of training and inference.
+``pd.Index.get_indexer``, dates parsed once per distinct cell).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,44 +69,43 @@ class TableKind(InputKind):
         return Standardize(torch.tensor(fields["mean"]), torch.tensor(fields["std"]), self.fill())
 
     def fill(self) -> torch.Tensor:
-        """The value imputed for a missing raw value, per encoded feature (one-hot features are never
-        missing: 0)."""
-        return torch.tensor(
-            [
-                value
-                for column in self.spec.inputs["columns"]
-                for value in (
-                    [column["fill"]] if column["type"] == "number" else [0.0] * len(column["categories"])
-                )
-            ]
-        )
+        """The value imputed for a missing raw value, per encoded feature (0/1 features are never missing:
+        0)."""
+        values: list[float] = []
+        for column in self.spec.inputs["columns"]:
+            fills = iter(np.atleast_1d(column.get("fill", [])).tolist())  # a number's one, a date's per part
+            values += [next(fills) if numeric else 0.0 for _, numeric in features_of(column)]
+        return torch.tensor(values)
 
     def example(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Rows around the training statistics, every other row missing its first number (filled inside the
-        model)."""
+        """Rows around the training statistics (0/1 features 0 or 1), every other row missing its first
+        number (filled inside the model)."""
         fields = self.spec.inputs
         generator = torch.Generator().manual_seed(seed)
         raw = torch.randn(n, *fields["input_shape"], generator=generator)
         raw = raw * torch.tensor(fields["std"]) + torch.tensor(fields["mean"])
-        numbers = [i for i, name in enumerate(fields["feature_names"] or []) if "=" not in name]
-        if numbers:
-            raw[::2, numbers[0]] = float("nan")
+        numeric = torch.tensor([numeric for column in fields["columns"] for _, numeric in features_of(column)])
+        raw[:, ~numeric] = (raw[:, ~numeric] > 0).float()
+        if numeric.any():
+            raw[::2, int(numeric.nonzero()[0])] = float("nan")
         return raw
 
     def read(self, path: Path) -> Read:
         return read_rows(self.spec, path)
 
     def request_schema(self) -> dict[str, Any]:
-        """Rows of the model's columns: numbers (or null: missing) where a column held numbers, any value in a
-        category column (one not among its categories: none of them); every column in some row."""
+        """Rows of the model's columns: numbers (or null: missing) where a column held numbers, dates as text,
+        any value in a category column (one not among its categories: "other"); every column in some row."""
         fields = self.spec.inputs
         value = {"type": ["string", "number", "boolean", "null"]}
-        columns = {
-            column["name"]: {"type": ["number", "null"]}
-            if column["type"] == "number"
-            else value | {"description": f"categories: {', '.join(map(str, column['categories']))}"}
-            for column in fields["columns"]
+        schemas = {
+            "number": lambda column: {"type": ["number", "null"]},
+            "date": lambda column: {"type": ["string", "null"], "description": f"a date ({column['format']})"},
+            "category": lambda column: (
+                value | {"description": f"categories: {', '.join(map(str, column['categories']))}"}
+            ),
         }
+        columns = {column["name"]: schemas[column["type"]](column) for column in fields["columns"]}
         if fields["target"]:
             columns[fields["target"]] = value | {"description": "the target: ignored"}
         return {
@@ -128,10 +139,13 @@ class TableKind(InputKind):
         with np.errstate(over="ignore"):  # a number beyond float32's range is infinite: its answer refused
             return encode_rows(self.spec, values, "the rows")
 
+    def summary(self) -> str:
+        return f"{self.spec.inputs['input_shape'][0]} features from {len(self.spec.inputs['columns'])} columns"
+
 
 class TableData(StandardizedData):
-    """Rows of features (N, F): numbers standardised with training-split statistics, one-hot features kept
-    0/1, missing numbers (NaN) imputed with the training mean.
+    """Rows of features (N, F): numbers standardised with training-split statistics, 0/1 features (one-hot
+    levels, missing indicators) kept as they are, missing numbers (NaN) imputed with the training mean.
 
     Args:
         standardize_target: regression targets only: the model learns standardised targets; metrics and
@@ -165,10 +179,8 @@ class TableData(StandardizedData):
             self.std = self.x_train.std(0).clamp_min(1e-6)  # torch's: no float64 copy of the split
         else:
             self.mean, self.std = torch.zeros(features), torch.ones(features)
-        one_hot = torch.tensor(
-            [c["type"] == "category" for c in self.columns for _ in c.get("categories", [None])]
-        )
-        self.mean, self.std = self.mean.masked_fill(one_hot, 0.0), self.std.masked_fill(one_hot, 1.0)
+        binary = torch.tensor([not numeric for column in self.columns for _, numeric in features_of(column)])
+        self.mean, self.std = self.mean.masked_fill(binary, 0.0), self.std.masked_fill(binary, 1.0)
 
     def make_task(self, kind: Kind) -> Task:
         if kind != "regression":
@@ -182,9 +194,13 @@ class TableData(StandardizedData):
     def input_fields(self) -> dict[str, Any]:
         fill = iter(self.fill.tolist())
         columns = []
-        for column in self.columns:  # the fill of a number column is its feature's; one-hot ones skip theirs
-            fills = [next(fill) for _ in column.get("categories", [None])]
-            columns.append({**column, "fill": fills[0]} if column["type"] == "number" else dict(column))
+        for column in self.columns:  # a number's fill is its feature's, a date's its parts'; 0/1 ones have none
+            fills = [value for (_, numeric), value in zip(features_of(column), fill, strict=False) if numeric]
+            if column["type"] == "number":
+                column = {**column, "fill": fills[0]}
+            elif column["type"] == "date":
+                column = {**column, "fill": fills}
+            columns.append(dict(column))
         return {
             "input_shape": list(self.input_shape),
             "mean": self.mean.tolist(),
@@ -309,6 +325,54 @@ def to_frame(rows: pd.DataFrame | Sequence[dict[str, Any]]) -> pd.DataFrame:
     return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(list(rows))
 
 
+DATE_PARTS = {  # what a date column's features may be (``dataset.date_parts``): numbers of a parsed date
+    "year": lambda dates: dates.dt.year,
+    "month": lambda dates: dates.dt.month,
+    "day": lambda dates: dates.dt.day,
+    "day_of_year": lambda dates: dates.dt.day_of_year,
+    "weekday": lambda dates: dates.dt.day_of_week,  # Monday 0
+    "hour": lambda dates: dates.dt.hour + dates.dt.minute / 60,
+}
+
+
+def parse_dates(spellings: Sequence[str], date_format: str) -> pd.Series:
+    """Cells (``factorize_text``'s spellings) as UTC times, NaT where they do not parse with ``date_format``."""
+    return pd.to_datetime(pd.Series(spellings, dtype=object), format=date_format, errors="coerce", utc=True)
+
+
+def date_parts(dates: pd.Series, parts: Sequence[str]) -> np.ndarray:
+    """(len(dates), len(parts)) float32: each date's ``parts`` (``DATE_PARTS``), NaN where it is NaT."""
+    return np.stack([DATE_PARTS[part](dates).to_numpy(np.float32, na_value=np.nan) for part in parts], axis=1)
+
+
+def features_of(column: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The features ``encode_features`` makes of a column (see the module's docstring): ``(name, numeric)``
+    each, numeric ones imputed and standardised, the others 0/1."""
+    name = column["name"]
+    if column["type"] == "category":
+        levels = [*column["categories"], *["(other)"] * column.get("other", False)]
+        levels += ["(missing)"] * column.get("missing", False)
+        return [(f"{name}={level}", False) for level in levels]
+    numbers = [name] if column["type"] == "number" else [f"{name}.{part}" for part in column["parts"]]
+    return [(number, True) for number in numbers] + [(f"{name} missing", False)] * column.get("indicator", False)
+
+
+def encoded_names(columns: Sequence[dict[str, Any]]) -> list[str]:
+    """The names of the features ``encode_features`` makes: ``age``, ``colour=red``, ``age missing``..."""
+    return [name for column in columns for name, _ in features_of(column)]
+
+
+@dataclass
+class Encoded:
+    """What ``encode_features`` makes of rows: the raw ``features`` (N, F), which rows miss a value
+    (``incomplete``), and per column the cells it does not know (``unseen``: a category not among the kept
+    ones, a date that does not parse)."""
+
+    features: torch.Tensor
+    incomplete: np.ndarray
+    unseen: dict[str, int]
+
+
 def encode_features(
     rows: pd.DataFrame | Sequence[dict[str, Any]],
     columns: Sequence[dict[str, Any]],
@@ -316,17 +380,17 @@ def encode_features(
     source: str = "the rows",
     target: str | None = None,
     factorized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Rows to the raw encoded feature matrix (N, F) and which rows miss a value.
-
-    ``columns`` as in ``InputSpec.columns``: number columns as they are (missing: NaN, which normalisation
-    imputes), category columns one-hot over their training categories (missing or unseen: all zeros).
-    The rows' columns may come in any order and include others. The one encoding of training and inference.
-    ``factorized``: ``factorize_text`` of category columns, where the caller has it already.
+    max_bytes: float | None = None,
+) -> Encoded:
+    """Rows to the raw encoded features (N, F), as ``columns`` (``InputSpec.columns``) say: the one encoding
+    of training and inference. The rows' columns may come in any order and include others. ``factorized``:
+    ``factorize_text`` of category and date columns, where the caller has it already. ``max_bytes``: refuse
+    (``DataError``, naming the widest column) a feature matrix larger than this, before allocating it.
     """
     frame = to_frame(rows)
     check_columns(frame, columns, source, target)
-    widths = [len(column.get("categories", [None])) for column in columns]
+    widths = [len(features_of(column)) for column in columns]
+    check_size(len(frame), columns, widths, max_bytes, source)
     # (N, F) filled in place: torch zeroes it on all cores, and number columns are written a block of rows at
     # a time that stays in the cache (3-5x faster than numpy's lazily zeroed pages and whole-column writes, or
     # than filling (F, N) and transposing it)
@@ -334,23 +398,55 @@ def encode_features(
     out = features.numpy()
     numbers: list[tuple[int, np.ndarray]] = []
     incomplete = np.zeros(len(frame), dtype=bool)
-    for column, start in zip(columns, np.cumsum([0, *widths[:-1]]), strict=True):
-        values = frame[column["name"]]
+    unseen: dict[str, int] = {}
+    for column, start, width in zip(columns, np.cumsum([0, *widths[:-1]]), widths, strict=True):
+        name, values = column["name"], frame[column["name"]]
         if column["type"] == "number":
-            numbers.append((start, as_numbers(values, na_values, column["name"])))
-            incomplete |= np.isnan(numbers[-1][1])
-        else:
-            cells, spellings = (factorized or {}).get(column["name"]) or factorize_text(values, na_values)
-            incomplete |= cells < 0
-            codes = np.append(pd.Index(column["categories"]).get_indexer(spellings), -1)[
-                cells
-            ]  # missing, unseen: -1
-            known = codes >= 0
-            out[np.flatnonzero(known), start + codes[known]] = 1.0
+            numbers.append((start, as_numbers(values, na_values, name)))
+            missing = np.isnan(numbers[-1][1])
+        else:  # categories and dates: each distinct cell encoded once, then broadcast to its rows by its code
+            cells, spellings = (factorized or {}).get(name) or factorize_text(values, na_values)
+            missing = cells < 0
+            if column["type"] == "date":
+                parts = date_parts(parse_dates(spellings, column["format"]), column["parts"])
+                known = ~np.isnan(parts[:, 0])
+                parts = np.vstack([parts, np.full(len(column["parts"]), np.nan, np.float32)])[cells]
+                numbers += [(start + i, np.ascontiguousarray(parts[:, i])) for i in range(len(column["parts"]))]
+            else:
+                kept = pd.Index(column["categories"]).get_indexer(spellings)  # -1: not among them
+                known = kept >= 0
+                levels = np.where(known | ~column.get("other", False), kept, len(column["categories"]))
+                levels = np.append(levels, width - 1 if column.get("missing") else -1)[cells]
+                out[np.flatnonzero(levels >= 0), start + levels[levels >= 0]] = 1.0
+            strange = ~np.append(known, True)[cells]  # present, but not a kept category or not a date
+            if strange.any():
+                unseen[name] = int(strange.sum())
+            if column["type"] == "date":
+                missing = missing | strange  # no date: its parts are imputed, its indicator set
+        if column.get("indicator"):
+            out[:, start + width - 1] = missing
+        incomplete |= missing
     for block in range(0, len(frame), ROW_BLOCK):
         for start, values in numbers:
             out[block : block + ROW_BLOCK, start] = values[block : block + ROW_BLOCK]
-    return features, incomplete
+    return Encoded(features, incomplete, unseen)
+
+
+def check_size(
+    rows: int, columns: Sequence[dict[str, Any]], widths: Sequence[int], max_bytes: float | None, source: str
+) -> None:
+    """A ``DataError`` where ``rows`` rows of ``widths`` features would take more than ``max_bytes`` (float32),
+    naming the column that makes the most features."""
+    size = rows * sum(widths) * 4
+    if max_bytes is None or size <= max_bytes:
+        return
+    widest = max(range(len(columns)), key=widths.__getitem__)
+    name = columns[widest]["name"]
+    raise DataError(
+        f"{source}: {rows:,} rows x {sum(widths):,} features take {size / 2**30:.2f} GiB, over the memory budget of "
+        f"{max_bytes / 2**30:.2f} GiB (dataset.memory_budget); column {name!r} makes {widths[widest]:,} of them: "
+        f"leave it out (dataset.exclude=[{name}]), lower dataset.max_categories, or use fewer rows"
+    )
 
 
 def encode_rows(
@@ -358,20 +454,7 @@ def encode_rows(
 ) -> torch.Tensor:
     """Table rows (a DataFrame, or JSON-like dicts as a server receives them) to raw inputs."""
     fields = spec.inputs
-    return encode_features(rows, fields["columns"], fields["na_values"], source, fields["target"])[0]
-
-
-def encoded_names(columns: Sequence[dict[str, Any]]) -> list[str]:
-    """The names of the features ``encode_features`` makes: ``age``, and ``colour=red`` for one-hot ones."""
-    return [
-        name
-        for column in columns
-        for name in (
-            [column["name"]]
-            if column["type"] == "number"
-            else [f"{column['name']}={category}" for category in column["categories"]]
-        )
-    ]
+    return encode_features(rows, fields["columns"], fields["na_values"], source, fields["target"]).features
 
 
 def check_columns(frame: pd.DataFrame, columns: Sequence[dict[str, Any]], source: str, target: str | None) -> None:
@@ -423,7 +506,14 @@ def read_rows(spec: InputSpec, path: Path) -> Read:
         raise DataError(f"{path} is not a CSV, TSV or Parquet file; this model predicts from table rows")
     fields = spec.inputs
     frame = read_table(path, fields["na_values"])
-    x, incomplete = encode_features(frame, fields["columns"], fields["na_values"], str(path), fields["target"])
-    if incomplete.any():
-        log.info("%s: %d rows with missing values, filled with the training means", path.name, incomplete.sum())
-    return [str(i) for i in range(len(frame))], x, encode_targets(spec, frame, str(path))
+    encoded = encode_features(frame, fields["columns"], fields["na_values"], str(path), fields["target"])
+    if encoded.incomplete.any():
+        log.info("%s: %d rows with missing values, imputed as in training", path.name, encoded.incomplete.sum())
+    for name, count in encoded.unseen.items():
+        column = next(c for c in fields["columns"] if c["name"] == name)
+        what = (
+            "dates that do not parse" if column["type"] == "date" else "values not among the training categories"
+        )
+        went = "missing" if column["type"] == "date" else "(other)" if column.get("other") else "no category"
+        log.warning("%s: column %r has %d %s (encoded as %s)", path.name, name, count, what, went)
+    return Read([str(i) for i in range(len(frame))], encoded.features, encode_targets(spec, frame, str(path)))
