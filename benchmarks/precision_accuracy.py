@@ -1,5 +1,6 @@
 """Benchmark: test accuracy of bf16 autocast against fp32 for each model class trainlab ships, on the data
-sets of its kind of input; prints the table and writes the precision section of docs/benchmarks.md.
+sets of its kind of input (images, tables, texts); prints the table and writes the precision section of
+docs/benchmarks.md.
 
     python benchmarks/precision_accuracy.py                       # about 40 minutes on 2 busy cores
     python benchmarks/precision_accuracy.py --models cnn --seeds 0 1 2 --epochs 3 --limit-batches 0
@@ -30,6 +31,7 @@ from train_speed import ROOT, load_average, machine, write_section
 SECTION = "## Precision: bf16 autocast against fp32"
 IMAGES = ["mnist", "fashion_mnist"]
 TABLES = ["breast_cancer", "wine", "iris"]
+TEXTS = ["sms_spam"]
 EPOCHS = {"mnist": 3, "fashion_mnist": 3}  # default epochs; the others: the run's default (conf/trainer)
 # model: (overrides, data sets, default training batches per epoch: 0 = all)
 MODELS = {
@@ -37,7 +39,17 @@ MODELS = {
     "cnn": (["model=cnn"], IMAGES, 0),
     "resnet": (["model=resnet"], IMAGES, 10),
     "linear": (["model=linear"], TABLES, 0),
+    "embedding_bag": (["model=embedding_bag"], TEXTS, 0),
+    "rnn": (["model=rnn"], TEXTS, 0),
+    "transformer": (["model=transformer"], TEXTS, 0),
 }
+
+
+def data_overrides(dataset: str, data_dir: Path) -> list[str]:
+    """A data set's overrides: its config, or for the SMS Spam Collection its experiment (10 epochs)."""
+    if dataset == "sms_spam":
+        return ["experiment=sms_spam", f"dataset.path={data_dir / 'SMSSpam' / 'SMSSpamCollection.tsv'}"]
+    return [f"dataset={dataset}"]
 
 
 def test_accuracy(model: str, dataset: str, precision: str, seed: int, args: argparse.Namespace) -> float:
@@ -48,8 +60,8 @@ def test_accuracy(model: str, dataset: str, precision: str, seed: int, args: arg
         command = [
             sys.executable,
             str(ROOT / "train.py"),
+            *data_overrides(dataset, args.data_dir),
             *overrides,
-            f"dataset={dataset}",
             f"paths.data_dir={args.data_dir}",
             *([f"trainer.max_epochs={epochs}"] if (epochs := args.epochs or EPOCHS.get(dataset)) else []),
             f"trainer.limit_batches={limit or 'null'}",
