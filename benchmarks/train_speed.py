@@ -18,7 +18,8 @@ images. What each pays for beyond that:
 - (r) reference (`benchmarks/hand_written.py reference`), the baseline of every ratio: MNIST decoded by
   torchvision and normalised once in memory, batches by `index_select` from `randperm`, the CNN channels-last
   and glibc's malloc told to keep freed memory (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`: what
-  trainlab sets with `mallopt`) (trainlab's implementation choices), `torch.optim.Adam(fused=True)`,
+  trainlab sets with `mallopt`), `gc.freeze()` once done, so that Python's exit does not walk every object
+  left (what trainlab's entry points do) (trainlab's implementation choices), `torch.optim.Adam(fused=True)`,
   torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
 - (r') the same with glibc's default allocator settings: what keeping freed memory saves.
 - (r16) the same with every forward pass and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`:
