@@ -14,3 +14,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+
+    from trainlab.cli import leave_objects_to_the_os
+
+    leave_objects_to_the_os()

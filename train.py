@@ -34,3 +34,7 @@ if __name__ == "__main__":
 
         setup()
     main()
+
+    from trainlab.cli import leave_objects_to_the_os
+
+    leave_objects_to_the_os()

@@ -6,13 +6,16 @@ It imports only what its loop uses (torch, torchvision, torchmetrics, TensorBoar
 ``lightning``), so that its whole-process time is what that loop costs, start to exit. Each prints
 ``epoch k/N`` when an epoch is done (validated, logged and saved) and ``test/acc=...`` at the end.
 ``train_speed.py`` runs ``reference``, ``plain`` and ``lightning`` with glibc's malloc told (by environment
-variables) to keep freed memory, as trainlab tells it with ``mallopt``.
+variables) to keep freed memory, as trainlab tells it with ``mallopt``, and ends them as trainlab ends its
+entry points: ``gc.freeze()``, so that Python's exit does not walk every object left (about a second).
 
 - ``reference``: what a careful user writes with trainlab's libraries and implementation choices: MNIST
   normalised once in memory, shuffled batches by ``index_select``, the CNN in channels-last memory order,
   ``torch.optim.Adam(fused=True)``, torchmetrics accuracy on the validation split every epoch, a
   TensorBoard ``SummaryWriter`` for the epoch's figures, ``torch.save`` of model and optimizer every epoch,
   the test split at the end.
+  With ``--bf16``, every forward pass and its loss run under ``torch.autocast("cpu", dtype=torch.bfloat16)``,
+  as PyTorch's mixed-precision recipe writes it: the best loop on a CPU that multiplies bf16 fast.
 - ``plain``: the same with torch's default (unfused) Adam.
 - ``textbook``: the same with the tutorials' data path: torchvision's MNIST with per-sample ``ToTensor`` and
   ``Normalize`` through a ``DataLoader(shuffle=True)``, and the default Adam.
@@ -24,9 +27,12 @@ variables) to keep freed memory, as trainlab tells it with ``mallopt``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import gc
 import itertools
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +42,7 @@ from torch import nn
 BATCH_SIZE, EVAL_BATCH_SIZE, LR = 100, 256, 1e-3  # trainlab evaluates in batches of max(batch_size, 256)
 MEAN, STD = 0.1307, 0.3081  # MNIST's, as in conf/dataset/mnist.yaml
 N_VAL = 6000  # trainlab's default split: 10% of the 60,000 training images
+Autocast = Callable[[], contextlib.AbstractContextManager]  # what forward passes run in (--bf16: autocast)
 
 
 def network(model: str) -> nn.Module:
@@ -114,20 +121,29 @@ def textbook_splits(data_dir: Path) -> tuple[Iterable, Iterable, Iterable]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, accuracy) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: Iterable, accuracy, precision: Autocast) -> tuple[float, float]:
     """Mean loss and torchmetrics accuracy over a split."""
     model.eval()
     accuracy.reset()
     loss, seen = torch.zeros(()), 0
     for x, y in batches:
-        outputs = model(x)
-        loss += F.cross_entropy(outputs, y, reduction="sum")
+        with precision():
+            outputs = model(x)
+            loss += F.cross_entropy(outputs, y, reduction="sum")
         accuracy.update(outputs, y)
         seen += len(y)
     return loss.item() / seen, accuracy.compute().item()
 
 
-def fit(model: nn.Module, optimizer, splits: tuple[Iterable, ...], epochs: int, limit: int | None, out_dir: Path):
+def fit(
+    model: nn.Module,
+    optimizer,
+    splits: tuple[Iterable, ...],
+    epochs: int,
+    limit: int | None,
+    out_dir: Path,
+    precision: Autocast = contextlib.nullcontext,
+):
     """The loop: train (at most ``limit`` batches an epoch), validate, log to TensorBoard and save every
     epoch; test at the end."""
     from torch.utils.tensorboard import SummaryWriter
@@ -140,13 +156,14 @@ def fit(model: nn.Module, optimizer, splits: tuple[Iterable, ...], epochs: int, 
         model.train()
         train_loss, steps = torch.zeros(()), 0
         for x, y in itertools.islice(train, limit):
-            loss = F.cross_entropy(model(x), y)
+            with precision():
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             train_loss += loss.detach()
             steps += 1
-        val_loss, val_acc = evaluate(model, val, accuracy)
+        val_loss, val_acc = evaluate(model, val, accuracy, precision)
         for tag, value in {
             "train/loss": train_loss.item() / steps,
             "val/loss": val_loss,
@@ -155,7 +172,7 @@ def fit(model: nn.Module, optimizer, splits: tuple[Iterable, ...], epochs: int, 
             writer.add_scalar(tag, value, epoch)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out_dir / "last.pt")
         print(f"epoch {epoch}/{epochs}: val/acc={val_acc:.4f}", flush=True)
-    print(f"test/acc={evaluate(model, test, accuracy)[1]:.4f}", flush=True)
+    print(f"test/acc={evaluate(model, test, accuracy, precision)[1]:.4f}", flush=True)
     writer.close()
 
 
@@ -222,6 +239,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batches", type=int, default=None, help="training batches per epoch (default: all)")
     parser.add_argument("--data-dir", type=Path, required=True, help="holds MNIST/raw/")
+    parser.add_argument("--bf16", action="store_true", help="forward passes under bf16 autocast (reference)")
     args = parser.parse_args()
     model = network(args.model)
     if args.model == "cnn" and args.variant != "textbook":
@@ -231,11 +249,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hand-written-") as out_dir:
         if args.variant == "lightning":
             run_lightning(model, in_memory_splits(args.data_dir), args.epochs, args.batches, Path(out_dir))
-            return
-        splits = (textbook_splits if args.variant == "textbook" else in_memory_splits)(args.data_dir)
-        fused = args.variant == "reference"
-        optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=fused or None)
-        fit(model, optimizer, splits, args.epochs, args.batches, Path(out_dir))
+        else:
+            splits = (textbook_splits if args.variant == "textbook" else in_memory_splits)(args.data_dir)
+            fused = args.variant == "reference"
+            optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=fused or None)
+            precision = (
+                functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+                if args.bf16
+                else contextlib.nullcontext
+            )
+            fit(model, optimizer, splits, args.epochs, args.batches, Path(out_dir), precision)
+    if args.variant != "textbook":
+        # trainlab's implementation choice: Python's exit does not walk the objects left (as
+        # trainlab.cli.leave_objects_to_the_os)
+        gc.freeze()
 
 
 if __name__ == "__main__":

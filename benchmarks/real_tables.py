@@ -186,7 +186,7 @@ def trainlab_split(path: Path, target: str, extra: list[str]):
     sys.path.insert(0, str(ROOT / "src"))
     from hydra import compose, initialize_config_dir
 
-    from trainlab.dataloader.kinds.table import factorize_text, read_table
+    from trainlab.dataloader.table_encoding import factorize_text, read_table
     from trainlab.run import build_data
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

@@ -150,7 +150,8 @@ def main() -> None:
     print(
         f"hostile: 64 x {len(hostile[0]) / 1e3:.1f} KB; heavy: {len(heavy[0]) / 1e3:.1f} KB; {os.cpu_count()} cores"
     )
-    process, url = start([sys.executable, "serve.py", f"ckpt={ckpt}", "port=0", "access_log=false"])
+    # one worker process: the memory measured is the process that decodes (with several, each decodes its own)
+    process, url = start([sys.executable, "serve.py", f"ckpt={ckpt}", "port=0", "access_log=false", "workers=1"])
     address = (url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1]))
     try:
         post(address, [small])

@@ -18,18 +18,24 @@ images. What each pays for beyond that:
 - (r) reference (`benchmarks/hand_written.py reference`), the baseline of every ratio: MNIST decoded by
   torchvision and normalised once in memory, batches by `index_select` from `randperm`, the CNN channels-last
   and glibc's malloc told to keep freed memory (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`: what
-  trainlab sets with `mallopt`) (trainlab's implementation choices), `torch.optim.Adam(fused=True)`,
+  trainlab sets with `mallopt`), `gc.freeze()` once done, so that Python's exit does not walk every object
+  left (what trainlab's entry points do) (trainlab's implementation choices), `torch.optim.Adam(fused=True)`,
   torchmetrics accuracy, a `SummaryWriter` with three scalars per epoch, one `torch.save` per epoch.
 - (r') the same with glibc's default allocator settings: what keeping freed memory saves.
-- (a) trainlab: `python train.py` with its defaults but `trainer.label_smoothing=0`, the reference's
-  objective: training and validation accuracy, F1 and loss (torchmetrics); the loss and lr every 50 steps
+- (r16) the same with every forward pass and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`:
+  the best loop on a CPU that multiplies bf16 fast (AMX, AVX-512 bf16), the baseline of (a16).
+- (a) trainlab: `python train.py` with its defaults but `trainer.label_smoothing=0` and
+  `trainer.precision=32`, the reference's objective and precision: training and validation accuracy, F1
+  and loss (torchmetrics); the loss and lr every 50 steps
   and the epoch's metrics to TensorBoard, with its pictures (the first batch; confusion matrix, worst
   errors and PR curves of the test); `last.ckpt` every epoch and `best.ckpt` when the validation loss
   improved, each a complete resumable checkpoint (RNG states, config, input spec) written atomically with
   fsync; the test with the best weights; metrics.json; the config printed and the progress bar drawn as in
   a terminal.
   For the CNN that includes its default `trainer.channels_last=auto`: channels-last images and weights.
-- (a') the same with its default label smoothing 0.1 (the MLP only): what that default costs.
+- (a16) the same with its default `trainer.precision=auto`: bf16 autocast on a CPU with AMX or AVX-512
+  bf16, else fp32 (the log says which), against (r16) and (r).
+- (a') (a) with its default label smoothing 0.1 (the MLP only): what that default costs.
 - (a'') the CNN with `trainer.channels_last=false`: what channels-last saves.
 - (b) plain: (r) with torch's default Adam, which loops over the parameters: what fused Adam saves.
 - (c) textbook: (r)'s loop fed by torchvision's MNIST with per-sample `ToTensor` and `Normalize` through a
@@ -40,8 +46,9 @@ images. What each pays for beyond that:
 
 *epoch* is the steady state: the mean time between the ends of epochs 1 to N, as the process prints them;
 *process* is from starting the process to its exit: imports, reading the data, every epoch, the test and
-shutting down. The variants take turns within each round, and the tables show each one's best round
-(other jobs on a shared machine only ever add time). The CNN's epochs stop after `--cnn-batches` training
+shutting down. The variants take turns within each round; the tables show each one's best round (other
+jobs on a shared machine only ever add time), and its ratios to (r) as the median over rounds of the same
+round's ratio (the targets are checked on these). The CNN's epochs stop after `--cnn-batches` training
 batches (100 by default; validation and test stay whole), so that a round takes minutes, not an hour.
 """
 
@@ -53,6 +60,7 @@ import importlib.util
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +72,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HAND_WRITTEN = ROOT / "benchmarks" / "hand_written.py"
-SECTION = "## Training"  # this benchmark's section of docs/benchmarks.md; other benchmarks write their own
+
+
+def section(threads: int | None) -> str:
+    """This benchmark's section of docs/benchmarks.md, one per thread setting (other benchmarks write their
+    own)."""
+    if threads is None:
+        return "## Training, torch's default threads"
+    return f"## Training, {threads} torch thread{'s' if threads > 1 else ''} per process"
+
+
 MODELS = {  # trainlab's overrides for the networks that hand_written.network writes out
     "mlp": ["model=mlp", "model.hidden_sizes=[500]", "model.dropout=0.0"],
     "cnn": ["model=cnn"],
@@ -72,7 +89,9 @@ MODELS = {  # trainlab's overrides for the networks that hand_written.network wr
 VARIANTS = {
     "reference": "(r) reference loop",
     "reference_default_malloc": "(r') reference loop, default allocator",
+    "reference_bf16": "(r16) reference loop, bf16 autocast",
     "trainlab": "(a) trainlab",
+    "trainlab_auto": "(a16) trainlab, precision auto",
     "trainlab_smoothing": "(a') trainlab, label smoothing 0.1",  # the MLP only
     "trainlab_contiguous": "(a'') trainlab, channels_last=false",  # the CNN only
     "plain": "(b) plain loop, default Adam",
@@ -80,8 +99,10 @@ VARIANTS = {
     "lightning": "(d) Lightning",
 }
 TRAINLAB_OPTIONS = {  # what the variants of trainlab add to train_py's overrides; with the models they run
-    "trainlab_smoothing": ["trainer.label_smoothing=0.1"],
-    "trainlab_contiguous": ["trainer.channels_last=false"],
+    "trainlab": ["trainer.precision=32"],
+    "trainlab_auto": [],
+    "trainlab_smoothing": ["trainer.precision=32", "trainer.label_smoothing=0.1"],
+    "trainlab_contiguous": ["trainer.precision=32", "trainer.channels_last=false"],
 }
 ONLY = {"trainlab_smoothing": "mlp", "trainlab_contiguous": "cnn"}
 DEFAULT_ALLOCATOR = {"textbook", "reference_default_malloc"}
@@ -181,15 +202,17 @@ def run_variant(variant: str, model: str, args: argparse.Namespace, env: dict[st
                 [sys.executable, *train_py(args.data_dir, model, args.epochs, batches, run_dir, *extra)], env
             )
         limit = ["--batches", str(batches)] if batches else []
+        bf16 = ["--bf16"] if variant.endswith("_bf16") else []
         return timed_run(
             [
                 sys.executable,
                 str(HAND_WRITTEN),
-                variant.removesuffix("_default_malloc"),
+                variant.removesuffix("_default_malloc").removesuffix("_bf16"),
                 f"--model={model}",
                 f"--epochs={args.epochs}",
                 f"--data-dir={args.data_dir}",
                 *limit,
+                *bf16,
             ],
             env if variant in DEFAULT_ALLOCATOR else env | keep_freed_memory_env(),
         )
@@ -262,6 +285,14 @@ def best(timings: list[Timing], measure: str) -> float:
     return min(getattr(t, measure) for t in timings)
 
 
+def median_ratio(timings: list[Timing], baseline: list[Timing], measure: str = "epoch_s") -> float:
+    """The median over rounds of each round's ratio: the variants of a round ran one after the other, under
+    the same load."""
+    return statistics.median(
+        getattr(t, measure) / getattr(b, measure) for t, b in zip(timings, baseline, strict=True)
+    )
+
+
 def model_section(model: str, args: argparse.Namespace, runs: dict[str, list[Timing]]) -> list[str]:
     reference = runs["reference"]
     images = min(54_000, args.cnn_batches * 100) if model == "cnn" and args.cnn_batches else 54_000
@@ -272,38 +303,64 @@ def model_section(model: str, args: argparse.Namespace, runs: dict[str, list[Tim
         "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for variant, timings in runs.items():
-        epoch, process = best(timings, "epoch_s"), best(timings, "process_s")
         per_round = ", ".join(f"{t.epoch_s / r.epoch_s:.2f}" for t, r in zip(timings, reference, strict=True))
         lines.append(
-            f"| {VARIANTS[variant]} | {epoch:.3f} | {epoch / best(reference, 'epoch_s'):.3f}x | {per_round} | "
-            f"{process:.2f} | {process / best(reference, 'process_s'):.3f}x | {timings[-1].test_acc:.4f} |"
+            f"| {VARIANTS[variant]} | {best(timings, 'epoch_s'):.3f} | {median_ratio(timings, reference):.3f}x | "
+            f"{per_round} | {best(timings, 'process_s'):.2f} | "
+            f"{median_ratio(timings, reference, 'process_s'):.3f}x | {timings[-1].test_acc:.4f} |"
         )
     return [*lines, "", *targets(model, runs), ""]
 
 
 def targets(model: str, runs: dict[str, list[Timing]]) -> list[str]:
-    """The speed targets of trainlab, met or not (none without its variant)."""
-    if "trainlab" not in runs:
-        return []
+    """The speed targets of trainlab (medians of the rounds' ratios), met or not (none without the variants
+    they compare)."""
+    name = model.upper()
 
-    def ratio(variant: str, measure: str = "epoch_s") -> float:
-        return best(runs["trainlab"], measure) / best(runs[variant], measure)
+    def ratio(variant: str, baseline: str, measure: str = "epoch_s") -> float:
+        return median_ratio(runs[variant], runs[baseline], measure)
 
-    checks = [
-        (
-            f"{model.upper()} epoch <= 1.02x the reference loop (r): {ratio('reference'):.3f}x",
-            ratio("reference") <= 1.02,
-        )
-    ]
-    if model == "mlp":
-        process = ratio("reference", "process_s")
-        checks.append((f"MLP process <= 1.05x the reference loop (r): {process:.3f}x", process <= 1.05))
-        if "textbook" in runs:
-            speedup = 1 / ratio("textbook")
+    checks = []
+    if "trainlab" in runs:
+        epoch, process = ratio("trainlab", "reference"), ratio("trainlab", "reference", "process_s")
+        checks += [
+            (f"{name} epoch <= 1.02x the reference loop (r): {epoch:.3f}x", epoch <= 1.02),
+            (f"{name} process <= 1.05x the reference loop (r): {process:.3f}x", process <= 1.05),
+        ]
+        if model == "mlp" and "textbook" in runs:
+            speedup = 1 / ratio("trainlab", "textbook")
             checks.append((f"MLP epoch >= 3x faster than the textbook loop (c): {speedup:.1f}x", speedup >= 3))
-    if "lightning" in runs:
-        speedup = 1 / ratio("lightning")
-        checks.append((f"{model.upper()} epoch faster than Lightning (d): {speedup:.2f}x", speedup > 1))
+        if "lightning" in runs:
+            speedup = 1 / ratio("trainlab", "lightning")
+            checks.append((f"{name} epoch faster than Lightning (d): {speedup:.2f}x", speedup > 1))
+    if "trainlab_auto" in runs and "reference_bf16" in runs:
+        versus_bf16 = ratio("trainlab_auto", "reference_bf16")
+        checks.append(
+            (
+                f"{name} epoch, precision auto, <= 1.02x the bf16 reference loop (r16): {versus_bf16:.3f}x",
+                versus_bf16 <= 1.02,
+            )
+        )
+        speedup = 1 / ratio("trainlab_auto", "reference")
+        checks.append(
+            (
+                f"{name} epoch, precision auto, >= 1.7x faster than the fp32 reference loop (r): {speedup:.2f}x",
+                speedup >= 1.7,
+            )
+            if model == "cnn"
+            else (
+                f"(no target) MLP epoch, precision auto, against the fp32 reference loop (r): {speedup:.2f}x faster",
+                True,
+            )
+        )
+        if "trainlab" in runs:
+            loss = (runs["trainlab"][-1].test_acc - runs["trainlab_auto"][-1].test_acc) * 100
+            checks.append(
+                (
+                    f"{name} test accuracy, precision auto, within 0.2 points of fp32 (a): {-loss:+.2f} points",
+                    loss <= 0.2,
+                )
+            )
     return [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
 
 
@@ -343,17 +400,17 @@ def load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (from ``SECTION`` to the next ``## `` heading), keeping
-    the sections other benchmarks write."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip("\n") + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
+def write_section(path: Path, text: str, heading: str) -> None:
+    """Replace a benchmark's section of ``path`` (from its ``heading`` to the next ``## `` heading) with
+    ``text``, keeping the sections other benchmarks write."""
+    document = path.read_text() if path.is_file() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    text = text.rstrip("\n") + "\n\n"
+    if pattern.search(document):
+        document = pattern.sub(lambda _: text, document, count=1)
     else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+        document = document.rstrip("\n") + "\n\n" + text
+    path.write_text(document.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_section(args.output, report)
-    print(f"written to the {SECTION!r} section of {args.output}", file=sys.stderr)
+    write_section(args.output, report, section(args.threads))
+    print(f"written to the {section(args.threads)!r} section of {args.output}", file=sys.stderr)
     return 0
 
 
@@ -418,11 +475,12 @@ def bench(args: argparse.Namespace, command: str) -> str:
                 )
     startup_times = None if args.no_startup else startup(args, env)
     lines = [
-        SECTION,
+        section(args.threads),
         "",
         f"Written by `{command}` on {datetime.now():%Y-%m-%d %H:%M}: {machine(args.threads)}; load average "
         f"{load_before} before, {load_average()} after (1/5/15 min). {args.repeats} rounds; the tables show "
-        "each variant's best round, and `vs (r) in each round` how much the epoch ratio varies.",
+        "each variant's best round, its ratios to (r) as the median of the rounds' ratios, and `vs (r) in each "
+        "round` how much the epoch ratio varies.",
         "",
         *__doc__[__doc__.index("Every variant") :].strip().splitlines(),
         "",

@@ -348,19 +348,31 @@ def write_photos(root: Path, per_class: int, size: int = 32, seed: int = 0) -> P
 # -- a served model ------------------------------------------------------------------------------------
 class Server:
     """``python serve.py ckpt=... port=0`` in the background; ready once uvicorn prints its address. Its output
-    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``. Every one started is killed at
-    the end of the session if a failing test left it running (``no_server_left``)."""
+    (uvicorn's on stderr, trainlab's log on stdout) is collected in ``lines``. One worker process unless the
+    overrides say otherwise: each worker loads torch and the model, and a test of batching needs its requests
+    in one process. Every one started (in a process group of its own, with its workers) is killed at the end
+    of the session if a failing test left it running (``no_server_left``)."""
 
     started: ClassVar[list[subprocess.Popen]] = []
 
     def __init__(self, ckpt: Path, *overrides: str):
+        workers = [] if any(o.startswith("workers=") for o in overrides) else ["workers=1"]
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), f"ckpt={ckpt}", "port=0", "access_log=false", *overrides],
+            [
+                sys.executable,
+                str(ROOT / "serve.py"),
+                f"ckpt={ckpt}",
+                "port=0",
+                "access_log=false",
+                *workers,
+                *overrides,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         Server.started.append(self.process)
         self.lines: list[str] = []
@@ -398,6 +410,6 @@ class Server:
 def no_server_left():
     yield
     for process in Server.started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # the server's group, its workers with it
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

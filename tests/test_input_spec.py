@@ -10,7 +10,7 @@ from conftest import make_data, own_data
 
 from trainlab.dataloader import InputSpec
 from trainlab.dataloader.base import as_tuple
-from trainlab.dataloader.kinds.table import encode_features, encode_rows
+from trainlab.dataloader.table_encoding import encode_features, encode_rows
 
 OWN = {"csv": "csv", "image-folder": "image_folder", "text": "text"}  # the data set options of a user's own files
 DATASETS = {

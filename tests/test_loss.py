@@ -1,5 +1,5 @@
-"""Task.loss with label smoothing, against the definitions written out here, and the plain loss that
-evaluation reports. No training run."""
+"""Task.loss with label smoothing, against the definitions written out here; the gradient the training step
+starts backward from, against autograd's; and the plain loss that evaluation reports. No training run."""
 
 from __future__ import annotations
 
@@ -47,6 +47,30 @@ def test_regression_loss_ignores_label_smoothing(generator):
     expected = ((outputs.squeeze(-1) - (targets - 3) / 2) ** 2).mean()
     for smoothing in SMOOTHING:
         assert task.loss(outputs, targets, smoothing).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+TASKS = {
+    "multiclass": (Task("multiclass", num_classes=5), (37, 5)),
+    "binary": (Task("binary", num_classes=2), (37, 1)),
+    "regression": (Task("regression", target_mean=3.0, target_std=2.0), (37, 1)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_the_loss_gradient_is_autograds_gradient_of_the_scaled_loss(generator, kind, smoothing, dtype):
+    """``loss_gradient`` (what the training step sends backward, weighted as under accumulation) is what
+    autograd gives for the loss, with or without smoothing, in the outputs' dtype (bf16 under autocast)."""
+    task, shape = TASKS[kind]
+    outputs = torch.randn(shape, generator=generator).to(dtype).requires_grad_()
+    targets = torch.randint(0, shape[1] if kind == "multiclass" else 2, shape[:1], generator=generator)
+    if kind == "regression":
+        targets = 3 + 2 * torch.randn(shape[:1], generator=generator)
+    (0.25 * task.loss(outputs.float(), targets, smoothing)).backward()
+    gradient = task.loss_gradient(outputs, targets, smoothing, scale=0.25)
+    assert gradient.dtype == dtype
+    torch.testing.assert_close(gradient, outputs.grad, rtol=1e-5, atol=1e-8)
 
 
 def test_evaluation_reports_the_plain_loss_over_all_samples(generator):

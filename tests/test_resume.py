@@ -19,7 +19,7 @@ from trainlab.run import train
 # Dropout draws from the RNG and the scheduler has state: both must be restored for the bits to match. The
 # learning rate grows 16x per epoch, so that the best epoch (by val/loss) is the 2nd: a run resumed after it
 # must still test the best weights, which it did not compute itself.
-RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=16")
+RUN = ("model.dropout=0.2", "scheduler=exponential", "scheduler.gamma=16", "trainer.precision=32")
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -136,6 +136,23 @@ def test_signal_during_an_epoch_then_resume_continues_the_same_data_order(
     straight = scalars(runs["straight"])
     for tag, points in scalars(run_dir).items():
         assert points == straight[tag][-len(points) :], tag
+
+
+def test_a_bf16_run_stopped_mid_epoch_resumes_bitwise_in_bf16(train_run, monkeypatch):
+    """Exact resume holds within a precision: in bf16 autocast, a run stopped by SIGTERM in the middle of
+    epoch 2 (its pending training outputs in bf16 saved with it) and resumed ends as the run never stopped."""
+    bf16 = (*RUN[:-1], "trainer.precision=bf16", "trainer.max_epochs=3")
+    straight_dir, straight = train_run(*bf16)
+    monkeypatch.setattr(TensorData, "train_batches", signal_at(epoch=1, batch=5, signum=signal.SIGTERM))
+    with pytest.raises(Interrupted) as interrupted:
+        train_run(*bf16)
+    monkeypatch.undo()
+    state = checkpoint.load(interrupted.value.ckpt_path)
+    assert state["batch_in_epoch"] == 6 and state["train_metrics"]["outputs"][0].dtype == torch.bfloat16
+    run_dir, resumed = train_run(*bf16, f"ckpt_path={interrupted.value.ckpt_path}")
+    assert_same_tensors(final_state(straight_dir), final_state(run_dir))
+    straight.pop("wall_time_s"), resumed.pop("wall_time_s")
+    assert resumed == straight
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(train_run):

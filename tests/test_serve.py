@@ -7,6 +7,7 @@ import csv
 import http.client
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -296,6 +297,55 @@ def test_sigterm_stops_it_within_seconds(digits_files):
     assert server.client.post("/predict", files={"file": GOOD}).status_code == 200
     assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
     assert any("Finished server process" in line for line in server.lines)
+
+
+def test_two_workers_answer_as_one_health_counts_each_and_sigterm_stops_all(digits_files):
+    """workers=2: two processes with their own model share the port; their answers are predict.py's, GET
+    /health (whichever worker answers) counts each worker's requests and all of them, and SIGTERM to the
+    server stops both, gracefully."""
+    server = Server(digits_files["onnx"], "workers=2")
+    wait_until(lambda: len(server.stats()["workers"]) == 2)  # each writes its row once its app is built
+    files = sorted(digits_files["pictures"].glob("*.png"))
+    expected = predicted_by_predict_py(
+        digits_files["ckpt"], digits_files["pictures"], digits_files["folder"] / "w.csv"
+    )
+
+    def answer(path: Path) -> dict:
+        with httpx.Client(base_url=server.url, timeout=60) as http:  # a connection of its own: any worker
+            return http.post("/predict", files={"file": (path.name, path.read_bytes())}).json()["predictions"][0]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(answer, files * 3))
+    assert_same_answers(answers, expected * 3)  # predict.py's rows: in the files' sorted order
+    health = server.stats()
+    assert health["worker"] in {row["pid"] for row in health["workers"]}
+    assert len({row["pid"] for row in health["workers"]}) == 2
+    assert health["requests"] == sum(row["requests"] for row in health["workers"]) == len(files) * 3
+    server.stop_cleanly()
+    assert sum("Finished server process" in line for line in server.lines) == 2, "".join(server.lines)
+    for row in health["workers"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(row["pid"], 0)
+
+
+def test_only_small_uploads_of_few_pixels_are_read_in_the_event_loop(digits_files):
+    """A small upload whose headers say few pixels is read where it came (no thread hand-over: its decode
+    takes less); one of as few bytes that decodes to many pixels (a 4000x4000 1-bit PNG: 2 KB), or more
+    bytes, is left to a decoding thread (None); over max_pixels it is refused all the same."""
+    from trainlab.errors import TooLarge
+    from trainlab.inference import Predictor
+    from trainlab.serve import INLINE_BYTES, INLINE_PIXELS, read_small_upload
+
+    predictor = Predictor.load(digits_files["onnx"], "cpu")
+    small = [("a.png", GOOD), ("b.png", NOISE)]
+    assert read_small_upload(predictor, small, max_pixels=50_000_000).shape == (2, 1, 8, 8)
+    many_pixels = image_file("1", (4000, 4000))
+    assert len(many_pixels) < INLINE_BYTES and INLINE_PIXELS < 4000 * 4000
+    assert read_small_upload(predictor, [("c.png", many_pixels)], max_pixels=50_000_000) is None
+    assert read_small_upload(predictor, [("d.png", GOOD)] * (INLINE_BYTES // len(GOOD) + 1), 10**6) is None
+    assert read_small_upload(predictor, b'{"images": []}', max_pixels=50_000_000) is None  # JSON: a thread's
+    with pytest.raises(TooLarge, match=r"over the limit of 0\.0001 MP"):
+        read_small_upload(predictor, [("e.png", image_file("L", (20, 20)))], max_pixels=100)
 
 
 # -- hostile and heavy uploads, disconnects ----------------------------------------------------------------

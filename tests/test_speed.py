@@ -17,22 +17,26 @@ from trainlab.tasks import DeferredMetrics, Task
 from trainlab.trainer import evaluate
 
 
-def test_deferred_metrics_equal_per_sample_values_with_an_uneven_last_batch():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_deferred_metrics_equal_per_batch_values_with_an_uneven_last_batch(smoothing):
+    """Outputs added in groups (here of 3 batches: ``max_pending`` values) give the metrics of per-batch
+    updates with each batch's training loss, label smoothing included."""
     task = Task("multiclass", num_classes=10)
-    deferred = DeferredMetrics(task, "train", every=3)
+    deferred = DeferredMetrics(task, "train", smoothing, max_pending=3 * 100 * 10)
     generator = torch.Generator().manual_seed(0)
     outputs = torch.randn(737, 10, generator=generator)
     targets = torch.randint(0, 10, (737,), generator=generator)
     for out, y in zip(outputs.split(100), targets.split(100), strict=True):  # the last batch has 37
-        deferred.update(out, y, F.cross_entropy(out, y))
+        deferred.update(out, y)
     values = deferred.compute()
-    assert values["train/loss"].item() == pytest.approx(F.cross_entropy(outputs, targets).item(), rel=1e-5)
+    expected = F.cross_entropy(outputs, targets, label_smoothing=smoothing).item()
+    assert values["train/loss"].item() == pytest.approx(expected, rel=1e-5)
     accuracy = (outputs.argmax(-1) == targets).float().mean().item()
     assert values["train/acc"].item() == pytest.approx(accuracy, rel=1e-6)
 
     per_batch = task.metrics("train")
     for out, y in zip(outputs.split(100), targets.split(100), strict=True):
-        task.update(per_batch, out, y, F.cross_entropy(out, y))
+        task.update(per_batch, out, y, task.loss(out, y, smoothing))
     for name, value in per_batch.compute().items():
         assert values[name].item() == pytest.approx(value.item(), rel=1e-5)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shlex
@@ -68,3 +69,12 @@ def run_job(job: Callable[[], Any], show_traceback: bool = False) -> Any:
             raise
         print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
+
+
+def leave_objects_to_the_os() -> None:
+    """Called by an entry point once its work is done and its files are closed. Python's exit would walk the
+    half a million objects that importing torch, torchmetrics and Hydra leaves, in garbage-collection passes
+    (about a second on a CPU core, as long as a small model's epoch); frozen (``gc.freeze``), they are not
+    walked, and the memory goes back with the process. Never between the jobs of one process (a sweep):
+    cyclic garbage frozen there would stay."""
+    gc.freeze()

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 
 from trainlab.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 Autocast = Callable[[], contextlib.AbstractContextManager]  # what forward passes run in
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+# x86 CPUs that multiply bf16 matrices several times faster than fp32: AMX tiles (Sapphire Rapids on), or
+# AVX-512's bf16 dot products (Cooper Lake, Zen 4 on); as Linux names them in /proc/cpuinfo's flags
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def pick_device(device: str) -> torch.device:
@@ -28,9 +35,56 @@ def pick_device(device: str) -> torch.device:
 
 
 def check_precision(precision: str | int) -> str:
-    if str(precision) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+    if str(precision) not in (*PRECISIONS, "auto"):
+        raise ConfigError(f"trainer.precision must be auto, 32, bf16 or 16, got {precision!r}")
     return str(precision)
+
+
+def choose_precision(
+    setting: str, device_type: str, model_class: type, cpu_flags: Iterable[str] = (), cuda_bf16: bool = False
+) -> tuple[str, str]:
+    """``trainer.precision`` and why: ``auto`` is bf16 autocast where the device multiplies bf16 fast (a CPU
+    with one of ``FAST_BF16_CPU_FLAGS``, a CUDA device with bf16) and the model class trains as well in it
+    (its ``bf16_accurate``, true unless it says otherwise), else 32; any other setting is itself."""
+    if setting != "auto":
+        return setting, "trainer.precision"
+    if not getattr(model_class, "bf16_accurate", True):
+        return "32", f"{model_class.__name__} loses accuracy in bf16 ({model_class.__name__}.bf16_accurate)"
+    if device_type == "cuda":
+        return ("bf16", "a CUDA device with bf16") if cuda_bf16 else ("32", "a CUDA device without bf16")
+    fast = sorted(set(FAST_BF16_CPU_FLAGS) & set(cpu_flags))
+    if device_type == "cpu" and fast:
+        return "bf16", f"a CPU with {' and '.join(fast)}"
+    if device_type == "cpu":
+        return "32", f"a CPU without {' or '.join(FAST_BF16_CPU_FLAGS)}"
+    return "32", f"bf16 is not known to be faster on {device_type}"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, as Linux lists them in ``cpuinfo`` (default: /proc/cpuinfo's text); none
+    where there is no such file."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.is_file() else ""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def resolve_precision(setting: str, device: torch.device, model: torch.nn.Module) -> str:
+    """The precision a run trains in (``choose_precision`` on this machine), logged when it was ``auto``."""
+    precision, why = choose_precision(
+        setting,
+        device.type,
+        type(model),
+        cpu_flags() if device.type == "cpu" else (),
+        device.type == "cuda" and torch.cuda.is_bf16_supported(),
+    )
+    if setting == "auto":
+        log.info("precision %s (auto: %s)", precision, why)
+    return precision
 
 
 def autocast(precision: str, device: torch.device) -> Autocast:

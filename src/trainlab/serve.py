@@ -8,13 +8,18 @@ Runtime (``trainlab.inference.Predictor``), the same API and answers.
                      {"predictions": [{label, class_index, probabilities} or {value}, ...]}, one per input
     GET  /docs       the API (OpenAPI: /openapi.json; also /redoc), its pages' scripts served from here
 
-Concurrent requests are batched (``Batcher``): one worker thread runs the model, and while it does the
-event loop keeps reading requests, which form the next batch (up to ``max_batch_size`` inputs, waiting up
-to ``max_wait_ms`` for requests that are still being read); a lone request to a fast model runs in the event
-loop (``Batcher.inline``). ``GET /health`` says how the inputs were batched. The event loop only moves
-bytes: a request's body is parsed and its inputs read (images decoded) in a thread (``DECODE_THREADS``), so
-that a heavy request never holds up the others nor ``/health``; images are refused from their headers
-beyond ``max_pixels``. What a request holds is the model's kind of input's to read (``InputKind``:
+The server runs ``workers`` processes (default: one per core, each with its share of the cores as
+threads), which share the listening socket: uvicorn's supervisor starts them, each builds its own app
+(``app_from_env``) and stops on SIGTERM within ``graceful_shutdown_s``. In each, concurrent requests are
+batched (``Batcher``): one worker thread runs the model, and while it does the event loop keeps reading
+requests, which form the next batch (up to ``max_batch_size`` inputs, waiting up to ``max_wait_ms`` for
+requests that are still being read); a lone request to a fast model runs in the event loop
+(``Batcher.inline``). ``GET /health`` says how each worker batched its inputs (``WorkerTable``), and in all.
+The event loop only moves bytes: a request's body is parsed and its inputs read (images decoded) in a thread
+(``DECODE_THREADS``), so that a heavy request never holds up the others nor ``/health``, except a small
+upload that its headers say decodes to a few pixels (``INLINE_BYTES``, ``INLINE_PIXELS``: well under a
+millisecond), which is read where it is, the hand-over to a thread and back costing more; images are
+refused from their headers beyond ``max_pixels``. What a request holds is the model's kind of input's to read (``InputKind``:
 ``from_request``, ``from_files``, ``from_arrays``) and to describe in the OpenAPI schema. Every bad request is a 4xx JSON ``{"error": ...}`` that names
 the problem, each status documented in the OpenAPI schema, which says exactly what this model takes;
 uvicorn stops gracefully on SIGTERM.
@@ -29,7 +34,14 @@ import functools
 import itertools
 import json
 import logging
+import logging.config
 import math
+import mmap
+import os
+import shutil
+import socket
+import struct
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +53,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from trainlab.dataloader import InputKind
 from trainlab.dataloader.base import Inputs, count
@@ -57,6 +70,11 @@ INLINE_S = 0.001  # a lone request whose forward pass takes less runs in the eve
 # Threads that parse request bodies and decode images: two, so that a request at the max_pixels limit (about
 # a second) does not hold up small ones, while at most two such decodes (up to 5 bytes a pixel each) run at once.
 DECODE_THREADS = 2
+# A multipart upload of at most INLINE_BYTES whose images' headers say they decode to at most INLINE_PIXELS in
+# all (128x128) is read in the event loop: its decode takes well under a millisecond (a 28x28 PNG: 0.04 ms),
+# less than the hand-over to a decoding thread and back (about 0.08 ms, more on a busy machine).
+INLINE_BYTES, INLINE_PIXELS = 16_384, 16_384
+SETTINGS_VARIABLE = "TRAINLAB_SERVE_SETTINGS"  # how serve() hands its settings to its worker processes
 
 
 class BadRequest(Exception):
@@ -87,6 +105,51 @@ ERRORS = {
 }
 
 
+class WorkerTable:
+    """The ``/health`` counts of every worker process of one server, which any of them reads to answer: a
+    folder (in /dev/shm, memory, where there is one) holding a file per worker, named by its process id, of
+    six 8-byte counts that the worker maps into memory and overwrites in place as they change
+    (``Batcher.publish``, always from its event loop). ``serve`` makes the folder and removes it at the end."""
+
+    FIELDS = ("requests", "inputs", "forward_passes", "largest_batch", "pending", "reading")
+    ROW = struct.Struct(f"<{len(FIELDS)}q")
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @classmethod
+    def create(cls) -> WorkerTable:
+        memory = Path("/dev/shm")
+        return cls(tempfile.mkdtemp(prefix="trainlab-serve-", dir=memory if memory.is_dir() else None))
+
+    def join(self) -> mmap.mmap:
+        """This process's row: its file, mapped."""
+        path = self.folder / str(os.getpid())
+        path.write_bytes(bytes(self.ROW.size))
+        with open(path, "r+b") as file:
+            return mmap.mmap(file.fileno(), self.ROW.size)
+
+    def rows(self) -> dict[int, dict[str, int]]:
+        """Every worker's counts, by process id (a worker that has begun but not yet written its row: none)."""
+        rows = {}
+        for path in self.folder.iterdir():
+            with contextlib.suppress(OSError, ValueError, struct.error):
+                rows[int(path.name)] = dict(zip(self.FIELDS, self.ROW.unpack(path.read_bytes()), strict=True))
+        return rows
+
+    def totals(self) -> dict[str, Any]:
+        """What ``GET /health`` answers: the counts of all workers together (the largest batch: of any), this
+        worker's process id, and each worker's counts."""
+        rows = self.rows()
+        totals = {name: sum(row[name] for row in rows.values()) for name in self.FIELDS}
+        totals["largest_batch"] = max((row["largest_batch"] for row in rows.values()), default=0)
+        workers = [{"pid": pid, **row} for pid, row in sorted(rows.items())]
+        return totals | {"worker": os.getpid(), "workers": workers}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class Batcher:
     """Answers inputs with the predictor, on batches gathered from concurrent requests, in one worker thread.
 
@@ -94,10 +157,12 @@ class Batcher:
     input pending (up to ``max_batch_size``); while requests are still being read it waits for them, up to
     ``max_wait_ms``. While a batch runs, the event loop reads the next requests, which form the next batch:
     the batches are as large as the load makes them, and the model runs beside the HTTP work, not in turn
-    with it. A lone request to a fast model runs in the event loop (``inline``)."""
+    with it. A lone request to a fast model runs in the event loop (``inline``). Its counts go to ``row``,
+    this worker's row of the server's ``WorkerTable``."""
 
-    def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float):
+    def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float, row: mmap.mmap):
         self.predictor, self.max_batch_size, self.max_wait = predictor, max_batch_size, max_wait_ms / 1000
+        self.row = row
         self.pending: collections.deque[tuple[Inputs, asyncio.Future[list]]] = collections.deque()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.reading = 0  # requests being read whose inputs will come to the pending ones
@@ -111,10 +176,12 @@ class Batcher:
     def reading_request(self) -> Iterator[None]:
         """Around the reading of a request: a batch may wait for it (up to ``max_wait_ms``)."""
         self.reading += 1
+        self.publish()
         try:
             yield
         finally:
             self.reading -= 1
+            self.publish()
 
     def serving(self) -> None:
         """Called once the server has started: its tasks so far are its own, any later one is a request's."""
@@ -124,10 +191,13 @@ class Batcher:
         """The answers (``Predictor.answers``) to checked raw inputs."""
         self.requests, self.inputs = self.requests + 1, self.inputs + count(raw)
         if not self.busy and not self.pending and self.inline(raw):
-            return self.timed(raw)
+            answers = self.timed(raw)
+            self.publish()
+            return answers
         future = asyncio.get_running_loop().create_future()
         self.pending.append((raw, future))
         self.start()
+        self.publish()
         return await future
 
     def inline(self, raw: Inputs) -> bool:
@@ -185,6 +255,7 @@ class Batcher:
                 if not future.done():
                     future.set_result(part)
         self.start()
+        self.publish()
 
     def timed(self, raw: Inputs) -> list[dict[str, Any]]:
         """The answers to a batch (one forward pass, one softmax), and the forward pass's time per input."""
@@ -194,20 +265,23 @@ class Batcher:
         self.forward_passes, self.largest_batch = self.forward_passes + 1, max(self.largest_batch, count(raw))
         return self.predictor.answers(outputs)
 
-    def stats(self) -> dict[str, int]:
-        """The requests and inputs answered or waiting, the forward passes that answered them, the largest
-        batch so far, and the requests waiting for a batch now and being read now."""
-        return {
-            "requests": self.requests,
-            "inputs": self.inputs,
-            "forward_passes": self.forward_passes,
-            "largest_batch": self.largest_batch,
-            "pending": len(self.pending),
-            "reading": self.reading,
-        }
+    def publish(self) -> None:
+        """Write this worker's counts into its row of the ``WorkerTable``: the requests and inputs answered or
+        waiting, the forward passes that answered them, the largest batch so far, and the requests waiting for
+        a batch now and being read now."""
+        counts = (
+            self.requests,
+            self.inputs,
+            self.forward_passes,
+            self.largest_batch,
+            len(self.pending),
+            self.reading,
+        )
+        WorkerTable.ROW.pack_into(self.row, 0, *counts)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.row.close()
 
 
 class BodyLimit:
@@ -249,8 +323,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
 
 
-def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
-    """The FastAPI application serving ``predictor`` with the settings of ``conf/serve.yaml``."""
+def create_app(predictor: Predictor, cfg: DictConfig, table: WorkerTable) -> FastAPI:
+    """The FastAPI application serving ``predictor`` with the settings of ``conf/serve.yaml``, its counts in a
+    row of the server's ``table``."""
     spec, kind, max_inputs, max_pixels = predictor.spec, predictor.kind, cfg.max_inputs, int(cfg.max_pixels)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
     body_model = request_model(kind)
@@ -269,7 +344,7 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
         "method 405 with an `Allow` header.",
         lifespan=lifespan,
     )
-    app.state.batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms)
+    app.state.batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms, table.join())
     app.add_middleware(BodyLimit, max_bytes=int(cfg.max_body_mb * 1e6))
 
     @app.exception_handler(BadRequest)
@@ -305,8 +380,9 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
 
     @app.get("/health", responses=error_responses(413, 500))
     async def health() -> dict[str, Any]:
-        """``{"status": "ok"}``, and how the inputs served so far were batched."""
-        return {"status": "ok"} | app.state.batcher.stats()
+        """``{"status": "ok"}``, and how the inputs served so far were batched: by all workers together, and by
+        each (``workers``, by process id; ``worker``: the one that answers)."""
+        return {"status": "ok"} | table.totals()
 
     @app.get("/metadata", responses=error_responses(413, 500))
     async def metadata() -> dict[str, Any]:
@@ -329,8 +405,10 @@ def create_app(predictor: Predictor, cfg: DictConfig) -> FastAPI:
         batcher: Batcher = request.app.state.batcher
         with batcher.reading_request():
             body = await receive(request, max_inputs)
-            parse = functools.partial(read_inputs, predictor, body_model, body, max_inputs, max_pixels)
-            raw = await asyncio.get_running_loop().run_in_executor(decoder, parse)
+            raw = read_small_upload(predictor, body, max_pixels)
+            if raw is None:
+                parse = functools.partial(read_inputs, predictor, body_model, body, max_inputs, max_pixels)
+                raw = await asyncio.get_running_loop().run_in_executor(decoder, parse)
         return respond(await batcher(raw))
 
     return app
@@ -362,6 +440,23 @@ async def receive(request: Request, max_inputs: int) -> list[tuple[str, bytes]] 
             415, f"content-type {content_type or 'none'}: send multipart/form-data files or application/json"
         )
     return await request.body()
+
+
+def read_small_upload(
+    predictor: Predictor, body: list[tuple[str, bytes]] | bytes, max_pixels: int
+) -> Inputs | None:
+    """The checked raw inputs of a small upload (``INLINE_BYTES``) whose images' headers say they decode to
+    few pixels (``INLINE_PIXELS``), read here in the event loop; None for any other body, which a thread
+    reads (``read_inputs``)."""
+    if isinstance(body, bytes) or sum(len(data) for _, data in body) > INLINE_BYTES:
+        return None
+    limit = min(max_pixels, INLINE_PIXELS)
+    try:
+        return predictor.check(predictor.kind.from_files(body, limit))
+    except TooLarge:
+        if limit == max_pixels:
+            raise
+        return None  # more pixels than decode in a moment: a thread reads it, within max_pixels
 
 
 def read_inputs(
@@ -506,26 +601,132 @@ def describe(errors: list[dict[str, Any]]) -> str:
 
 
 def serve(cfg: DictConfig) -> None:
-    """Load ``cfg.ckpt`` (a .ckpt or an .onnx), then serve it until SIGTERM or Ctrl-C."""
+    """Load ``cfg.ckpt`` (a .ckpt or an .onnx), then serve it in ``cfg.workers`` processes until SIGTERM or
+    Ctrl-C. One worker serves in this process; several are started by uvicorn's supervisor (this process),
+    each loading the model itself (``app_from_env``) with its share of the cores as threads."""
     import uvicorn
 
     for key in ("max_batch_size", "max_inputs", "max_pixels"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
-    predictor = Predictor.load(Path(to_absolute_path(cfg.ckpt)), cfg.device, cfg.num_threads)
+    cfg = OmegaConf.merge(cfg, worker_settings(cfg.workers, cfg.num_threads))
+    cfg.ckpt = to_absolute_path(cfg.ckpt)
+    predictor = Predictor.load(Path(cfg.ckpt), cfg.device, cfg.num_threads)  # a bad file: one line, no workers
     log.info(
-        "serving %s (%s, %s on %s inputs; test metrics %s)",
+        "serving %s (%s, %s on %s inputs; test metrics %s) with workers=%d, num_threads=%s",
         predictor.source,
         predictor.backend,
         predictor.spec.task,
         predictor.spec.kind,
         json.dumps(predictor.test_metrics),
+        cfg.workers,
+        cfg.num_threads,
     )
-    uvicorn.run(
-        create_app(predictor, cfg),
-        host=cfg.host,
-        port=cfg.port,
-        access_log=cfg.access_log,
-        timeout_graceful_shutdown=cfg.graceful_shutdown_s,
-        log_level="info",
-    )
+    table = WorkerTable.create()
+    options = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "access_log": cfg.access_log,
+        "timeout_graceful_shutdown": cfg.graceful_shutdown_s,
+        "log_level": "info",
+    }
+    try:
+        if cfg.workers == 1:
+            uvicorn.run(create_app(predictor, cfg, table), **options)
+            return
+        del predictor  # each worker loads its own
+        os.environ[SETTINGS_VARIABLE] = json.dumps(
+            {
+                "cfg": OmegaConf.to_container(cfg, resolve=True),
+                "table": str(table.folder),
+                "logging": job_logging(),
+            }
+        )
+        # uvicorn.run(..., workers=n), with a listening socket per worker (ReusePortWorkers), all listening
+        # before uvicorn's line says where: a client that comes before the workers are up waits for them. A
+        # worker that does not answer the supervisor's pings for timeout_worker_healthcheck is restarted:
+        # importing torch on a busy machine can hold Python's lock for seconds (uvicorn's default: 5).
+        config = uvicorn.Config(
+            "trainlab.serve:app_from_env",
+            factory=True,
+            workers=cfg.workers,
+            timeout_worker_healthcheck=60,
+            **options,
+        )
+        sockets = listening_sockets(cfg.host, cfg.port, cfg.workers, config.backlog)
+        try:
+            address = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", address, sockets[0].getsockname()[1]
+            )
+            ReusePortWorkers(config, sockets).run()
+        finally:
+            for listening in sockets:
+                listening.close()
+    finally:
+        table.remove()
+
+
+def listening_sockets(host: str, port: int, workers: int, backlog: int) -> list[socket.socket]:
+    """A listening socket for each worker on one port (port 0: the first picks a free one), joined by
+    SO_REUSEPORT where there is one, so that the kernel spreads new connections over the workers evenly (by
+    a hash of their addresses). A single socket shared by all would not: whichever worker's event loop is
+    awake accepts every connection waiting, and a client's keep-alive connection stays with it (16 clients
+    connecting at once went 16/0 or 13/3 to 2 workers). Without SO_REUSEPORT (not Linux or BSD): one socket
+    for all."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    sockets = []
+    for _ in range(workers if reuse_port is not None else 1):
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port is not None:
+            listening.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+        listening.bind((host, port))
+        listening.listen(backlog)
+        port = listening.getsockname()[1]
+        sockets.append(listening)
+    return sockets
+
+
+class ReusePortWorkers(Multiprocess):
+    """uvicorn's multi-process supervisor (SIGTERM and Ctrl-C stop every worker gracefully, a worker that dies
+    or hangs is replaced), starting each worker with a listening socket of its own (``listening_sockets``);
+    a replaced worker serves them all, as uvicorn's own would."""
+
+    def init_processes(self) -> None:
+        for index in range(self.processes_num):
+            process = Process(self.config, [self.sockets[index % len(self.sockets)]])
+            process.start()
+            self.processes.append(process)
+
+
+def worker_settings(workers: int | str, num_threads: int | None) -> dict[str, int | None]:
+    """``workers`` (``auto``: one per core this process may run on) and each one's ``num_threads`` (null: its
+    share of those cores, when there are several workers; torch's and ONNX Runtime's default for one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers == "auto":
+        workers = cores
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be auto or an integer >= 1, got {workers!r}")
+    if num_threads is None and workers > 1:
+        num_threads = max(1, cores // workers)
+    return {"workers": workers, "num_threads": num_threads}
+
+
+def job_logging() -> dict | None:
+    """Hydra's logging configuration of this job (conf/serve.yaml: messages to stdout), for the workers."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return OmegaConf.to_container(HydraConfig.get().job_logging) if HydraConfig.initialized() else None
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of a server with several (uvicorn's factory, called in each worker):
+    the settings ``serve`` put into the environment, its logging as the server's, the model loaded here."""
+    settings = json.loads(os.environ[SETTINGS_VARIABLE])
+    if settings["logging"]:
+        logging.config.dictConfig(settings["logging"])
+    cfg = OmegaConf.create(settings["cfg"])
+    predictor = Predictor.load(Path(cfg.ckpt), cfg.device, cfg.num_threads)
+    return create_app(predictor, cfg, WorkerTable(settings["table"]))

@@ -60,10 +60,10 @@ def evaluate(
     for x, y in batches:
         with autocast():
             outputs = call(model, x)
-            loss = task.loss(outputs, y)
-        task.update(metrics, outputs, y, loss)
+        outputs = outputs.float()  # losses and metrics in fp32, whatever the precision of the forward pass
+        task.update(metrics, outputs, y, task.loss(outputs, y))
         if on_batch is not None:
-            on_batch(x, y, outputs.float())
+            on_batch(x, y, outputs)
         seen += 1
     return {name: float(value) for name, value in metrics.compute().items()} if seen else {}
 
@@ -108,8 +108,8 @@ class Trainer:
         self.monitor = Monitor(monitor, monitor_mode)
         self.ddp = distributed.use_ddp(strategy)
         self.device = distributed.local_device() if self.ddp and device == "auto" else devices.pick_device(device)
-        self.precision = devices.check_precision(precision)
-        self.autocast = devices.autocast(self.precision, self.device)
+        self.precision = devices.check_precision(precision)  # auto: resolved by fit, for its model
+        self.autocast: devices.Autocast = contextlib.nullcontext  # the forward passes' context, set by fit
         self.grad_clip = grad_clip
         self.label_smoothing = label_smoothing
         self.accumulate = max(1, accumulate_grad_batches)
@@ -141,6 +141,8 @@ class Trainer:
         """Train, validate and checkpoint every epoch, then test the best model; returns metrics.json."""
         run_dir = Path(run_dir)
         devices.configure_torch(self.num_threads, self.deterministic)
+        precision = devices.resolve_precision(self.precision, self.device, model)
+        self.autocast = devices.autocast(precision, self.device)
         channels_last = devices.use_channels_last(self.channels_last, model, self.device)
         model = devices.prepare_model(model, self.device, channels_last, self.compile)
         data.to(self.device, channels_last=channels_last)
@@ -153,7 +155,7 @@ class Trainer:
             optimizer,
             scheduler,
             scheduler_interval,
-            torch.amp.GradScaler(self.device.type, enabled=self.precision == "16"),
+            torch.amp.GradScaler(self.device.type, enabled=precision == "16"),
             self.callbacks,
             data.input_spec().to_dict(),
             config_yaml,
@@ -213,7 +215,8 @@ class Trainer:
     ) -> dict[str, float]:
         loop = state.loop
         state.model.train()
-        metrics = state.epoch_train_metrics(DeferredMetrics(data.task, "train").to(self.device))
+        metrics = DeferredMetrics(data.task, "train", self.label_smoothing).to(self.device)
+        metrics = state.epoch_train_metrics(metrics)
         total = self._limit(data.num_batches("train"))
         batches = data.train_batches(loop.epoch, start=loop.batch_in_epoch)
         batch_callbacks = [c for c in self.callbacks.values() if overrides(c, "on_train_batch_end")]
@@ -223,20 +226,24 @@ class Trainer:
                 lr = state.optimizer.param_groups[0]["lr"]  # this step's; a per-step scheduler moves it
                 last = loop.batch_in_epoch + 1 == total
                 stepped = (loop.batch_in_epoch + 1) % self.accumulate == 0 or last
-                loss = self._train_step(state, train_model, data, x, y, metrics, stepped)
+                outputs = self._train_step(state, train_model, data, x, y, stepped)
+                metrics.update(outputs, y)
                 loop.batch_in_epoch += 1
+                # the loss's value only where it is read: callbacks that take it, the logged steps
+                loss = self._loss(data, outputs, y) if batch_callbacks else None
                 for callback in batch_callbacks:
                     callback.on_train_batch_end(context, loss)
                 # every n steps, and at an epoch's last step: a short run still draws its lr schedule
                 if stepped and (loop.global_step % self.log_every_n_steps == 0 or last):
-                    loss_value = check_finite(loss, loop, checkpoints.last)
+                    loss_value = check_finite(
+                        self._loss(data, outputs, y) if loss is None else loss, loop, checkpoints.last
+                    )
                     context.logger.log_metrics({"train/loss_step": loss_value, "lr": lr}, loop.global_step)
                     bar.set_loss(loss_value)
                 bar.advance()
                 if stepped and not last and preemption.requested(loop.global_step, at_step=True):
-                    check_finite(
-                        loss, loop, checkpoints.last
-                    )  # never replace a good checkpoint with a diverged one
+                    # never replace a good checkpoint with a diverged one
+                    check_finite(self._loss(data, outputs, y), loop, checkpoints.last)
                     preemption.stop(state, checkpoints)
         values = {name: float(value) for name, value in metrics.compute().items()}
         check_finite(values.get("train/loss", 0.0), loop, checkpoints.last)
@@ -249,17 +256,20 @@ class Trainer:
         data: BatchedData,
         x: Inputs,
         y: torch.Tensor,
-        metrics: DeferredMetrics,
         stepped: bool,
     ) -> torch.Tensor:
-        """Forward and backward on one batch, then, if ``stepped``, an optimizer step."""
-        with self.autocast():
-            outputs = call(train_model, x)
-            loss = data.task.loss(outputs, y, self.label_smoothing)
-        weight = self._loss_weight(data, len(y), state.loop.batch_in_epoch)
-        # a weight of 1 (no accumulation, one process) adds no multiplication to the graph: ~50 us a step
-        state.scaler.scale(loss if weight == 1 else loss * weight).backward()
-        metrics.update(outputs, y, loss)
+        """Forward and backward on one batch, then, if ``stepped``, an optimizer step; returns the outputs,
+        detached. Backward starts from the loss's gradient with respect to the outputs
+        (``Task.loss_gradient``), scaled by the batch's weight: no loss value, and label smoothing free. Under
+        DDP, a batch that only accumulates gradients keeps them to itself (``no_sync``): the ranks average
+        them once, in the backward pass of the batch that steps."""
+        sync = contextlib.nullcontext() if stepped or not self.ddp else train_model.no_sync()
+        with sync:
+            with self.autocast():
+                outputs = call(train_model, x)
+            weight = self._loss_weight(data, y.shape[0], state.loop.batch_in_epoch)
+            gradient = data.task.loss_gradient(outputs, y, self.label_smoothing, weight)
+            outputs.backward(state.scaler.scale(gradient))
         if stepped:
             if self.grad_clip:
                 state.scaler.unscale_(state.optimizer)
@@ -270,12 +280,24 @@ class Trainer:
             state.loop.global_step += 1
             if state.scheduler is not None and state.scheduler_interval == "step":
                 state.scheduler.step()
-        return loss.detach()
+        return outputs.detach()
 
-    def evaluate(self, model: nn.Module, data: BatchedData, split: str, on_batch: BatchHook | None = None):
-        """Metrics over the whole ``val`` or ``test`` split (at most ``limit_batches`` batches)."""
+    def _loss(self, data: BatchedData, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A training batch's loss (label smoothing included), in fp32, from its (detached) outputs."""
+        return data.task.loss(outputs.float(), y, self.label_smoothing)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        data: BatchedData,
+        split: str,
+        on_batch: BatchHook | None = None,
+        autocast: devices.Autocast | None = None,
+    ):
+        """Metrics over the whole ``val`` or ``test`` split (at most ``limit_batches`` batches), in the
+        training's precision unless ``autocast`` says otherwise."""
         batches = itertools.islice(data.batches(split), self._limit(data.num_batches(split)))
-        return evaluate(model, batches, data.task, split, self.device, self.autocast, on_batch)
+        return evaluate(model, batches, data.task, split, self.device, autocast or self.autocast, on_batch)
 
     # -- pieces of the loop --------------------------------------------------------------------------
     def _loss_weight(self, data: BatchedData, n: int, batch_in_epoch: int) -> float:
@@ -302,7 +324,7 @@ class Trainer:
     def _test(
         self, model: nn.Module, data: BatchedData, checkpoints: checkpoint.RunCheckpoints, context: FitContext
     ) -> dict[str, Any]:
-        """The test split with the best weights, once: its metrics, and its outputs for the callbacks."""
+        """The test split with the best weights, once (in fp32): its metrics, and its outputs for the callbacks."""
         weights = checkpoints.best_weights()
         if weights is not None:
             model.load_state_dict(weights)
@@ -313,7 +335,8 @@ class Trainer:
             for callback in self.callbacks.values():
                 callback.on_test_batch_end(context, x, y, batch_outputs)
 
-        test_metrics = self.evaluate(model, data, "test", on_batch)
+        # in fp32, whatever the training's precision: the model as predict.py, export and serve run it
+        test_metrics = self.evaluate(model, data, "test", on_batch, autocast=contextlib.nullcontext)
         loop = context.loop
         context.logger.log_test(test_metrics, loop.global_step)
         checkpoints.record_test(test_metrics)

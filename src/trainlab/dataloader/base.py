@@ -134,7 +134,7 @@ class BatchedData:
         """This rank's batches of an epoch, from batch ``start`` on: each global batch of the epoch's
         permutation, sharded. A last global batch too small to give every rank a sample is dropped."""
         batches = self.epoch_order(epoch)[start * self.batch_size :].split(self.batch_size)
-        return [self.shard(batch) for batch in batches if len(batch) >= self.world]
+        return [self.shard(batch) for batch in batches if batch.shape[0] >= self.world]
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The training order of one epoch: a permutation that depends only on the seed and the epoch."""

@@ -21,8 +21,8 @@ WARNING names the column whenever more than 10% of the rows would go. Roles are 
 what is fitted (the categories kept, the means, whether a column needs its missing indicator) on the training
 split alone.
 
-The file is read with pandas and pyarrow's CSV parser (``kinds.table.read_table``) and encoded by the code
-that encodes new rows at inference (``kinds.table.encode_features``). Everything fitted is part of the data
+The file is read with pandas and pyarrow's CSV parser (``table_encoding.read_table``) and encoded by the code
+that encodes new rows at inference (``table_encoding.encode_features``). Everything fitted is part of the data
 set's ``InputSpec``, which the checkpoint stores: ``predict.py input=rows.csv``, a server and an ONNX export
 encode new rows exactly as the training rows were encoded, without the training file.
 """
@@ -42,15 +42,13 @@ import torch
 from hydra.utils import to_absolute_path
 from pandas.tseries.api import guess_datetime_format
 
-from trainlab.dataloader.kinds.table import (
+from trainlab.dataloader.kinds.table import TableData, encoded_names, features_of
+from trainlab.dataloader.table_encoding import (
     DATE_PARTS,
-    TableData,
     all_numbers,
     as_text,
     encode_features,
-    encoded_names,
     factorize_text,
-    features_of,
     parse_dates,
     read_table,
 )

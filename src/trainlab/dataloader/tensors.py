@@ -264,7 +264,7 @@ class TensorData(BatchedData):
         if not shards:
             return
         # one copy of the epoch's indices to the device, not one (and a host sync on a GPU) per batch
-        indices = torch.cat(shards).to(self.device).split([len(shard) for shard in shards])
+        indices = torch.cat(shards).to(self.device).split([shard.shape[0] for shard in shards])
         for batch, index in enumerate(indices, start):
             x = self.batch_inputs(self.x_train, index)
             if self.augment is not None:

@@ -40,7 +40,7 @@ from torch import nn
 from trainlab.dataloader.base import Inputs, Normalization
 from trainlab.dataloader.csv_table import _class_order
 from trainlab.dataloader.kinds import InputKind, Read
-from trainlab.dataloader.kinds.table import as_text
+from trainlab.dataloader.table_encoding import as_text
 from trainlab.dataloader.tensors import Splits, TensorData
 from trainlab.errors import DataError
 
