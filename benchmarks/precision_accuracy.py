@@ -8,7 +8,7 @@ docs/benchmarks.md.
 Each run is ``python train.py model=<m> dataset=<d> trainer.precision=<32|bf16> seed=<s>`` with the run's
 other defaults (label smoothing 0.1, Adam); its ``test/acc`` (the test in fp32, with the best weights) is
 the figure. A model class is listed as losing accuracy in bf16 when its mean over seeds and data sets is
-more than 0.2 points below fp32's: such a class declares ``bf16_accurate = False``, and
+more than 0.2 points below fp32's: such a class declares ``auto_bf16 = False``, and
 ``trainer.precision=auto`` then trains it in fp32. The images run on limited batches per epoch
 (``--limit-batches``, per model: on 2 cores a full MNIST epoch of the ResNet takes an hour), which the table
 says; the test split stays whole unless the limit is below it.
@@ -108,7 +108,7 @@ def main() -> None:
             print(rows[-1], file=sys.stderr)
     verdicts = [
         f"- {model}: bf16 {statistics.mean(d):+.2f} points on average: "
-        + ("loses more than 0.2 points: `bf16_accurate = False`, auto trains it in fp32" if statistics.mean(d) < -0.2 else "auto trains it in bf16")
+        + ("loses more than 0.2 points: `auto_bf16 = False`, auto trains it in fp32" if statistics.mean(d) < -0.2 else "auto trains it in bf16")
         for model, d in losses.items()
     ]  # fmt: skip
     report = "\n".join([

@@ -42,13 +42,13 @@ def test_auto_on_cuda_follows_the_devices_bf16_support_and_fp32_on_other_devices
 
 
 class LosesAccuracyInBf16(nn.Linear):
-    bf16_accurate = False  # what a model class whose benchmark showed a loss over 0.2 points declares
+    auto_bf16 = False  # what a model class whose benchmark showed a loss over 0.2 points declares
 
 
 def test_auto_is_fp32_for_a_model_class_that_says_bf16_loses_accuracy():
     flags = devices.cpu_flags(CPUINFO.format(flags=SAPPHIRE_RAPIDS))
     precision, why = devices.choose_precision("auto", "cpu", LosesAccuracyInBf16, flags)
-    assert precision == "32" and "LosesAccuracyInBf16.bf16_accurate" in why
+    assert precision == "32" and "LosesAccuracyInBf16.auto_bf16" in why
     assert devices.choose_precision("auto", "cuda", LosesAccuracyInBf16, cuda_bf16=True)[0] == "32"
 
 

@@ -44,12 +44,13 @@ def choose_precision(
     setting: str, device_type: str, model_class: type, cpu_flags: Iterable[str] = (), cuda_bf16: bool = False
 ) -> tuple[str, str]:
     """``trainer.precision`` and why: ``auto`` is bf16 autocast where the device multiplies bf16 fast (a CPU
-    with one of ``FAST_BF16_CPU_FLAGS``, a CUDA device with bf16) and the model class trains as well in it
-    (its ``bf16_accurate``, true unless it says otherwise), else 32; any other setting is itself."""
+    with one of ``FAST_BF16_CPU_FLAGS``, a CUDA device with bf16) and the model class gains by it (its
+    ``auto_bf16``, true unless it says otherwise: false where bf16 cost it accuracy or speed), else 32; any
+    other setting is itself."""
     if setting != "auto":
         return setting, "trainer.precision"
-    if not getattr(model_class, "bf16_accurate", True):
-        return "32", f"{model_class.__name__} loses accuracy in bf16 ({model_class.__name__}.bf16_accurate)"
+    if not getattr(model_class, "auto_bf16", True):
+        return "32", f"{model_class.__name__}.auto_bf16 is false: bf16 loses it accuracy or speed"
     if device_type == "cuda":
         return ("bf16", "a CUDA device with bf16") if cuda_bf16 else ("32", "a CUDA device without bf16")
     fast = sorted(set(FAST_BF16_CPU_FLAGS) & set(cpu_flags))

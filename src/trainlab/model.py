@@ -259,6 +259,10 @@ class RNN(nn.Module):
         dropout: on the word vectors, between layers and on the last states, in training.
     """
 
+    # trainer.precision=auto trains it in fp32: under bf16 autocast on a CPU its LSTM and GRU cells ran 1.5x
+    # slower (SMS Spam, 2.3 s an epoch against 1.5 s; docs/benchmarks.md, "Precision")
+    auto_bf16 = False
+
     def __init__(
         self,
         vocab_size: int,
