@@ -334,7 +334,7 @@ def test_only_small_uploads_of_few_pixels_are_read_in_the_event_loop(digits_file
     bytes, is left to a decoding thread (None); over max_pixels it is refused all the same."""
     from trainlab.errors import TooLarge
     from trainlab.inference import Predictor
-    from trainlab.serve import INLINE_BYTES, INLINE_PIXELS, read_small_upload
+    from trainlab.serve.reading import INLINE_BYTES, INLINE_PIXELS, read_small_upload
 
     predictor = Predictor.load(digits_files["onnx"], "cpu")
     small = [("a.png", GOOD), ("b.png", NOISE)]
