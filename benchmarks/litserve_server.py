@@ -1,8 +1,9 @@
 """LitServe serving a trainlab ONNX export with LitServe's recommended CPU settings, for serve_speed.py:
 
-    python benchmarks/litserve_server.py best.onnx --workers 2 --port 8001
+    python benchmarks/litserve_server.py best.onnx --workers 2 --port 8001 [--fast-queue]
 
 Batching on (up to 16 inputs, waiting 5 ms for them), ``--workers`` inference workers on the CPU device,
+``--fast-queue``: LitServe's ZeroMQ queue between its API server and its workers (its option for speed),
 ONNX Runtime with one thread each; images decoded as trainlab's server and the plain endpoint decode them
 (``read_image``), one answer per request as the plain endpoint's. The API class is at the top of a module
 of its own: LitServe pickles it into its worker processes.
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("onnx")
     parser.add_argument("--workers", type=int, default=1, help="inference workers per device (the CPU)")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--fast-queue", action="store_true", help="ZeroMQ between API server and workers")
     args = parser.parse_args()
     server = litserve.LitServer(
         OnnxAPI(args.onnx),
@@ -69,6 +71,7 @@ def main() -> None:
         workers_per_device=args.workers,
         max_batch_size=16,
         batch_timeout=0.005,
+        fast_queue=args.fast_queue,
     )
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
 

@@ -9,8 +9,9 @@ Each model is trained briefly (its weights do not change its speed) and exported
 processes on 127.0.0.1 side by side (uvicorn with httptools and uvloop, as ``uvicorn[standard]`` installs
 them for all), access logs off, one compute thread per process (``OMP_NUM_THREADS=1``; trainlab's default
 workers: its share of the cores, one thread each on 2 cores). LitServe (``pip install -e ".[bench]"``)
-runs with its recommended CPU settings: batching on (16 inputs, 5 ms), 1 and 2 workers per device. Only the
-server measured runs: the others are stopped (SIGSTOP) meanwhile, since LitServe's idle workers poll. A
+runs with its recommended CPU settings: batching on (16 inputs, 5 ms), 1 and 2 workers per device, and 2 with
+its ZeroMQ queue (`fast_queue`). Only the server measured runs: the others are stopped (SIGSTOP) meanwhile,
+since LitServe's idle workers poll. A
 client in this process (aiohttp, asyncio) sends each server bursts of single-PNG multipart requests at
 concurrency 1 and 16, the servers taking turns within each round; a variant's figures are its best round
 (other jobs on a shared machine only ever add time), its ratios to the plain endpoint the median of the
@@ -273,6 +274,7 @@ SERVERS = {  # what each server is, for the report
     "trainlab ONNX, default workers": "serve.py on the .onnx with its defaults: a worker per core, its share of the cores as threads",
     "LitServe, 1 worker": "LitServe 0.2.19 on the .onnx (ONNX Runtime, one thread), batches of up to 16 within 5 ms, 1 worker",
     "LitServe, 2 workers": "the same with 2 workers per device",
+    "LitServe, 2 workers, fast queue": "the same with LitServe's ZeroMQ queue (fast_queue=True)",
 }  # fmt: skip
 
 
@@ -281,7 +283,7 @@ def servers(ckpt: Path) -> dict[str, tuple[list[str], int | None]]:
     onnx = str(ckpt.parent.parent / "best.onnx")
     serve = [sys.executable, "serve.py", "port=0", "access_log=false"]
     one = ["workers=1", "num_threads=1"]
-    ports = [free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port()]
     return {
         "plain FastAPI": ([sys.executable, __file__, "--plain", str(ckpt)], None),
         "trainlab torch": ([*serve, f"ckpt={ckpt}", *one], None),
@@ -289,12 +291,13 @@ def servers(ckpt: Path) -> dict[str, tuple[list[str], int | None]]:
         "trainlab ONNX, default workers": ([*serve, f"ckpt={onnx}"], None),
         "LitServe, 1 worker": ([sys.executable, LITSERVE, onnx, "--workers", "1", "--port", str(ports[0])], ports[0]),
         "LitServe, 2 workers": ([sys.executable, LITSERVE, onnx, "--workers", "2", "--port", str(ports[1])], ports[1]),
+        "LitServe, 2 workers, fast queue": ([sys.executable, LITSERVE, onnx, "--workers", "2", "--port", str(ports[2]), "--fast-queue"], ports[2]),
     }  # fmt: skip
 
 
 def targets(model_name: str, results: dict) -> list[str]:
     """The serving targets of issue 29, for the servers measured (medians over rounds of the same round's
-    ratios; LitServe's best setting: the faster of its two in each round)."""
+    ratios; LitServe's best setting: the fastest of its settings in each round)."""
 
     def ratio(a: str, b: str, concurrency: int, column: int) -> float:
         rounds = zip(results[(a, concurrency)], results[(b, concurrency)], strict=True)
