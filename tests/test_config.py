@@ -69,7 +69,10 @@ TEXT_MODELS = {"embedding_bag", "rnn", "transformer"}  # models of texts: tried 
 
 
 def required_settings(group: str, option: str, folder) -> list[str]:
-    """What an option needs to run: a user's own files, and for texts a text model or a data set of texts."""
+    """What an option needs to run: a user's own files, and for texts a text model or a data set of texts;
+    the SMS Spam experiment a small file of texts in place of ../shared/datasets' (tests never need it)."""
+    if (group, option) == ("experiment", "sms_spam"):
+        return [*own_data("text", folder), "dataset.text=text", "dataset.target=label"]
     if group == "dataset":
         return own_data(option, folder) + (["model=embedding_bag"] if option == "text" else [])
     return ["dataset=text", *own_data("text", folder)] if group == "model" and option in TEXT_MODELS else []
