@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(args: argparse.Namespace):
     """trainlab's run for the benchmark's network on MNIST (batches of 100, no label smoothing), prepared as
     ``Trainer.fit`` prepares it, and what its epoch loop needs."""
+    from hand_written import train_epoch
     from hydra import compose, initialize_config_dir
     from train_speed import MODELS
 
@@ -85,16 +85,9 @@ def build(args: argparse.Namespace):
     optimizer = torch.optim.Adam(reference_model.parameters(), lr=1e-3, fused=True)
     autocast = trainer.autocast
 
-    def reference(epoch: int) -> None:  # hand_written.fit's loop
-        reference_model.train()
-        train_loss = torch.zeros(())
-        for x, y in itertools.islice(data.train_batches(epoch), args.steps):
-            with autocast():
-                loss = F.cross_entropy(reference_model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            train_loss += loss.detach()
+    def reference(epoch: int) -> None:  # hand_written.fit's steps
+        batches = itertools.islice(data.train_batches(epoch), args.steps)
+        train_loss, _ = train_epoch(reference_model, optimizer, batches, autocast)
         train_loss.item()
 
     return {"reference": reference, "trainlab": trainlab}
