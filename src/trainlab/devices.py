@@ -23,6 +23,11 @@ PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def pick_device(device: str) -> torch.device:
     """``auto``: CUDA, then Apple's MPS, then the CPU."""
     if device != "auto":

@@ -3,6 +3,12 @@ points print it as one ``error:`` line without a traceback (``trainlab.cli.run_j
 is a bug and keeps its traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its class's name where it has none): for one-line errors
+    that name a cause from another library."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class TrainlabError(Exception):
     """Base of the errors a user can fix; the message names the setting or file and the fix."""
 

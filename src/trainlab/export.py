@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainlab.dataloader import InputKind, InputSpec
-from trainlab.dataloader.base import Inputs, as_tuple, chunk, count
-from trainlab.errors import CheckpointError, ConfigError, DataError
+from trainlab.dataloader.base import Inputs, as_tuple, call, chunk, count
+from trainlab.errors import CheckpointError, ConfigError, DataError, first_line
 from trainlab.inference import (
     CLASSES_KEY,
     INPUT_SPEC_KEY,
@@ -100,7 +100,7 @@ def to_onnx(model: nn.Module, kind: InputKind) -> torch.onnx.ONNXProgram:
             exported = torch.export.export(model, as_tuple(kind.example(2)), dynamic_shapes=(dynamic_shapes,))
     except Exception as error:  # torch.export's many kinds: untraceable Python, data-dependent shapes...
         raise CheckpointError(
-            f"torch.export cannot trace this model ({type(error).__name__}: {_first_line(error)}); keep the .ckpt "
+            f"torch.export cannot trace this model ({type(error).__name__}: {first_line(error)}); keep the .ckpt "
             "and use predict.py or serve.py with it"
         ) from error
     try:
@@ -139,7 +139,7 @@ def untranslatable(exported: torch.export.ExportedProgram, error: Exception) -> 
                 break
     return (
         f"this model cannot be exported to ONNX: {layer} uses {op[1] if op else 'an operator'}, which the ONNX "
-        f"exporter cannot translate ({reason[1] if reason else _first_line(error)}); keep the .ckpt and use "
+        f"exporter cannot translate ({reason[1] if reason else first_line(error)}); keep the .ckpt and use "
         "predict.py or serve.py with it"
     )
 
@@ -150,7 +150,7 @@ def check_inputs(cfg: DictConfig, spec: InputSpec, ckpt_path: Path) -> tuple[Inp
     try:
         data = load_test_data(cfg, spec, ckpt_path)
     except DataError as error:
-        log.info("checking on generated inputs: the test split is not at hand (%s)", _first_line(error))
+        log.info("checking on generated inputs: the test split is not at hand (%s)", first_line(error))
         return spec.input_kind().example(64), None, "64 generated inputs"
     batches = list(data.batches("test"))
     raw = spec.input_kind().collate([data.untransform(x) for x, _ in batches])
@@ -168,7 +168,7 @@ def check(
     """Compare ONNX Runtime's outputs with torch's on ``raw``; refuse a difference over ``TOLERANCE``."""
     starts = range(0, count(raw), batch_size)
     with torch.inference_mode():
-        expected = torch.cat([model(*as_tuple(chunk(raw, i, i + batch_size))) for i in starts])
+        expected = torch.cat([call(model, chunk(raw, i, i + batch_size)) for i in starts])
     outputs = torch.cat([onnx(chunk(raw, i, i + batch_size)) for i in starts])
     difference = (outputs - expected).abs().max().item()
     log.info("ONNX Runtime on %s: max abs difference from torch %.3g (tolerance %g)", what, difference, TOLERANCE)
@@ -183,7 +183,3 @@ def check(
         log.info("ONNX Runtime's metrics on the test split: %s", format_metrics(metrics))
         result |= metrics
     return result
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

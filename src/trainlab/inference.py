@@ -194,7 +194,7 @@ class TorchPredictor(Predictor):
 
     def forward(self, raw: Inputs) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(*as_tuple(on_device(raw, self.device))).float().cpu()
+            return call(self.model, on_device(raw, self.device)).float().cpu()
 
 
 class OnnxPredictor(Predictor):

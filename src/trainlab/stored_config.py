@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.dataloader import InputSpec
-from trainlab.errors import CheckpointError, TrainlabError
+from trainlab.errors import CheckpointError, TrainlabError, first_line
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,7 @@ def trusted_config(state: dict[str, Any], path: str | Path) -> DictConfig:
             _refuse(path, "its config has a YAML alias, which a config written by trainlab never has")
         config = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
     except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as error:
-        raise CheckpointError(
-            f"{path} has a config that is not valid YAML ({_show(_first_line(error))})"
-        ) from None
+        raise CheckpointError(f"{path} has a config that is not valid YAML ({_show(first_line(error))})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} has a config that is not a mapping; use a checkpoint written by train.py")
     _plain(config, (), path)
@@ -127,7 +125,7 @@ def check_model(model_node: DictConfig, state: dict[str, Any], path: str | Path)
             raise cause from None
         raise CheckpointError(
             f"{path}: its config's model node does not build a model ({type(cause).__name__}: "
-            f"{_show(_first_line(cause))}); use a checkpoint written by train.py"
+            f"{_show(first_line(cause))}); use a checkpoint written by train.py"
         ) from error
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     weights = state.get("model")
@@ -248,10 +246,6 @@ def _show(value: Any, limit: int = 100) -> str:
     """``value`` as one short printable line: a crafted file's text may hold newlines or be long."""
     text = str(value).encode("unicode_escape").decode("ascii")
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _refuse(path: str | Path, reason: str) -> None:

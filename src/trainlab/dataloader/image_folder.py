@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -42,6 +41,7 @@ from trainlab.dataloader import cache
 from trainlab.dataloader.base import Batch, Normalization
 from trainlab.dataloader.kinds.image import ImageData, read_class_folders
 from trainlab.dataloader.tensors import Splits, available_memory, check_memory_budget, split_samples
+from trainlab.devices import cores
 from trainlab.errors import DataError
 from trainlab.progress import Progress
 
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 DECODE_BATCH = 256  # images per batch a decoding worker hands back
 STATISTICS_SAMPLE = 2000  # training images the statistics of a streamed folder are computed on
-
-
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def in_batches(images: Dataset, workers: int, description: str) -> Iterator[tuple]:

@@ -16,6 +16,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from trainlab.devices import cores
 from trainlab.errors import ConfigError
 from trainlab.inference import Predictor
 from trainlab.serve.app import create_app
@@ -130,13 +131,13 @@ class ReusePortWorkers(Multiprocess):
 def worker_settings(workers: int | str, num_threads: int | None) -> dict[str, int | None]:
     """``workers`` (``auto``: one per core this process may run on) and each one's ``num_threads`` (null: its
     share of those cores, when there are several workers; torch's and ONNX Runtime's default for one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = cores()
     if workers == "auto":
-        workers = cores
+        workers = available
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be auto or an integer >= 1, got {workers!r}")
     if num_threads is None and workers > 1:
-        num_threads = max(1, cores // workers)
+        num_threads = max(1, available // workers)
     return {"workers": workers, "num_threads": num_threads}
 
 
