@@ -47,6 +47,7 @@ from trainlab.dataloader.table_encoding import (
     DATE_PARTS,
     all_numbers,
     as_text,
+    class_order,
     encode_features,
     factorize_text,
     parse_dates,
@@ -73,14 +74,6 @@ def infer_task(labels: Sequence[str] | pd.Series, max_classes: int) -> Kind:
     if numbers.isna().any() or ((numbers % 1 == 0).all() and len(distinct) <= max_classes):
         return "binary" if len(distinct) == 2 else "multiclass"
     return "regression"
-
-
-def _class_order(label: str) -> tuple[bool, float, str]:
-    """Numeric class labels in numeric order, then text ones alphabetically."""
-    try:
-        return False, float(label), label
-    except ValueError:
-        return True, 0.0, label
 
 
 def date_format(spellings: np.ndarray) -> str | None:
@@ -363,7 +356,7 @@ class CSVTable(TableData):
                     f"target column {self.target!r} holds text, but dataset.task=regression needs numbers"
                 )
             return torch.from_numpy(numbers.to_numpy(np.float32)[labels]), None
-        classes = sorted(spellings, key=_class_order)
+        classes = sorted(spellings, key=class_order)
         if len(classes) < 2:
             raise DataError(f"target column {self.target!r} has a single value {classes}; nothing to classify")
         return torch.from_numpy(pd.Index(classes).get_indexer(spellings).astype(np.int64)[labels]), classes

@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 ROW_BLOCK = 8192  # rows of a table encoded at a time: with 35 features, about 1 MiB, which stays in the cache
 
 
+def class_order(label: str) -> tuple[bool, float, str]:
+    """Numeric class labels in numeric order, then text ones alphabetically."""
+    try:
+        return False, float(label), label
+    except ValueError:
+        return True, 0.0, label
+
+
 def read_table(path: Path, na_values: Sequence[str] | None = None) -> pd.DataFrame:
     """A CSV (``.tsv``: tab-separated) or Parquet file as a DataFrame; cells in ``na_values`` (None: pandas'
     default set) are missing. Every way it can fail is a one-line ``DataError``."""

@@ -205,10 +205,7 @@ def read_class_folders(
 def load_image(input_shape: tuple[int, int, int], to_float: bool, background: str, path: str) -> torch.Tensor:
     """One image file as ``decode_image`` makes it (uint8 pixels where not ``to_float``), within Pillow's
     pixel limit: the loader of an image folder (picklable: DataLoader workers get it)."""
-    from PIL import Image
-
-    with open_image(Path(path), input_shape, max_pixels=Image.MAX_IMAGE_PIXELS) as image:
-        return decode_image(image, input_shape, path, background, to_float)
+    return read_image(Path(path), input_shape, path, background, to_float)
 
 
 def open_image(
@@ -279,15 +276,19 @@ def decode_image(
 
 
 def read_image(
-    path: Path | IO[bytes], input_shape: Sequence[int], name: str | None = None, background: str = "white"
+    path: Path | IO[bytes],
+    input_shape: Sequence[int],
+    name: str | None = None,
+    background: str = "white",
+    to_float: bool = True,
 ) -> torch.Tensor:
-    """One image file (or file object, ``name`` saying which) as the model's raw input (C, H, W) in [0, 1],
-    within Pillow's pixel limit. A file that is no image, or a truncated or oversized one, is a
-    ``DataError``."""
+    """One image file (or file object, ``name`` saying which) as the model's raw input (C, H, W) in [0, 1]
+    (uint8 pixels where not ``to_float``), within Pillow's pixel limit. A file that is no image, or a
+    truncated or oversized one, is a ``DataError``."""
     from PIL import Image
 
     with open_image(path, input_shape, name, Image.MAX_IMAGE_PIXELS) as image:
-        return decode_image(image, input_shape, name or str(path), background)
+        return decode_image(image, input_shape, name or str(path), background, to_float)
 
 
 def read_image_files(

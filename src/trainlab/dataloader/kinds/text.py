@@ -38,9 +38,8 @@ from pydantic import AfterValidator, Strict
 from torch import nn
 
 from trainlab.dataloader.base import Inputs, Normalization
-from trainlab.dataloader.csv_table import _class_order
 from trainlab.dataloader.kinds import InputKind, Read
-from trainlab.dataloader.table_encoding import as_text
+from trainlab.dataloader.table_encoding import as_text, class_order
 from trainlab.dataloader.tensors import Splits, TensorData
 from trainlab.errors import DataError
 
@@ -116,16 +115,19 @@ def as_wordpiece(bpe: Tokenizer, texts: Sequence[str], max_vocab: int) -> Tokeni
     return wordpiece
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> tuple[tuple[torch.Tensor, ...], int]:
-    """Texts to raw inputs, (ids (N, L), lengths (N,)), L the longest (at most ``max_length``), and how many
-    texts were cut to ``max_length``. An empty text is one ``[PAD]``. Tokenised in Rust on every core."""
+def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts to raw inputs, (ids (N, L), lengths (N,)), L the longest (at most ``max_length``); how many texts
+    were cut to ``max_length`` is logged. An empty text is one ``[PAD]``. Tokenised in Rust on every core."""
     encodings = tokenizer.encode_batch(list(texts))
     lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
     kept = np.clip(lengths, 1, max_length)
     ids = np.full((len(encodings), kept.max(initial=1)), PADDING_IDX, np.int64)
     flat = np.fromiter((i for e in encodings for i in e.ids[:max_length]), np.int64)
     ids[np.arange(ids.shape[1]) < np.minimum(lengths, max_length)[:, None]] = flat  # row by row, in order
-    return (torch.from_numpy(ids), torch.from_numpy(kept)), int((lengths > max_length).sum())
+    cut = int((lengths > max_length).sum())
+    if cut:
+        log.info("%d of %d texts are longer than max_length=%d tokens: cut", cut, len(encodings), max_length)
+    return torch.from_numpy(ids), torch.from_numpy(kept)
 
 
 def pad_ids(parts: Sequence[torch.Tensor], width: int | None = None) -> torch.Tensor:
@@ -303,10 +305,7 @@ class TextKind(InputKind):
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts as raw inputs, tokenised and cut as in training."""
-        raw, cut = encode(self.tokenizer, texts, self.spec.inputs["max_length"])
-        if cut:
-            log.info("%d of %d texts cut to max_length=%d tokens", cut, len(texts), self.spec.inputs["max_length"])
-        return raw
+        return encode(self.tokenizer, texts, self.spec.inputs["max_length"])
 
     def read(self, path: Path) -> Read:
         """A ``.txt`` file (a text per line; named by line number), a table file (its ``text`` column, and
@@ -440,7 +439,7 @@ class TextData(TensorData):
     def load(self) -> Splits:
         parts = self._read_folders() if self.root is not None else {"train": self._read_table()}
         texts, labels = parts["train"]
-        classes = sorted(set(labels), key=_class_order)
+        classes = sorted(set(labels), key=class_order)
         if len(classes) < 2:
             source = f"target column {self.target!r}" if self.path else f"{self.root}"
             raise DataError(f"{source} has a single class {classes}; classification needs at least 2")
@@ -518,10 +517,7 @@ class TextData(TensorData):
 
     def transform(self, x: Inputs | np.ndarray, in_place: bool = False) -> Inputs:
         """Texts to raw inputs (token ids, lengths), once per split (``setup``)."""
-        raw, cut = encode(self.tokenizer, x, self.max_length)
-        if cut:
-            log.info("%d of %d texts are longer than max_length=%d tokens: cut", cut, len(x), self.max_length)
-        return raw
+        return encode(self.tokenizer, x, self.max_length)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The epoch's permutation; with ``sort_by_length``, each run of ``SORTED_POOL`` batches of it sorted by
