@@ -213,7 +213,9 @@ class RunCheckpoints:
         that file alone still has them (predict's and serve's ``/metadata``, export's ONNX metadata). Saved as
         a new file under the name, like every save: the ``last.ckpt`` it may be a hard link to is untouched."""
         if distributed.is_main() and metrics and self.best.is_file():
-            save({**load(self.best), "test_metrics": metrics}, self.best)
+            save(
+                {**load(self.best, mmap=True), "test_metrics": metrics}, self.best
+            )  # the weights copied, not read first
 
     def best_weights(self) -> dict[str, torch.Tensor] | None:
         """The model weights of ``best.ckpt`` on every rank; None if there is none (no epoch trained)."""

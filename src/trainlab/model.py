@@ -296,11 +296,14 @@ class RNN(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.embedding(ids)
+        # packed sequences take their lengths on the CPU: copied once (a host sync on a GPU), not per layer
+        host_lengths = None if torch.compiler.is_exporting() else lengths.cpu()
         for layer in self.layers:
             x = self.dropout(x)
-            outputs = [self._run(layer[0], x, lengths)]
+            outputs = [self._run(layer[0], x, host_lengths)]
             if len(layer) == 2:  # the backward direction: the forward one over each text reversed
-                outputs.append(reverse_each(self._run(layer[1], reverse_each(x, lengths), lengths), lengths))
+                reversed_x = reverse_each(x, lengths)
+                outputs.append(reverse_each(self._run(layer[1], reversed_x, host_lengths), lengths))
             x = torch.cat(outputs, 2)
         end = (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
         last = [x[:, :, : self.hidden_size].gather(1, end).squeeze(1)]
@@ -308,12 +311,13 @@ class RNN(nn.Module):
             last.append(x[:, 0, self.hidden_size :])
         return self.head(self.dropout(torch.cat(last, 1)))
 
-    def _run(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``rnn``'s outputs over each text (N, L, hidden), those past its end unspecified."""
-        if torch.compiler.is_exporting():
+    def _run(self, rnn: nn.Module, x: torch.Tensor, host_lengths: torch.Tensor | None) -> torch.Tensor:
+        """``rnn``'s outputs over each text (N, L, hidden), those past its end unspecified; ``host_lengths``:
+        the texts' lengths on the CPU (None while exporting: the RNN runs over ``max_length`` steps)."""
+        if host_lengths is None:
             width = x.shape[1]
             return rnn(nn.functional.pad(x, (0, 0, 0, self.max_length - width)))[0][:, :width]
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(x, host_lengths, batch_first=True, enforce_sorted=False)
         return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
 

@@ -47,7 +47,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
     every setting of ``cfg`` counts: each must be resumable or equal to the saved one.
     """
     path = Path(to_absolute_path(cfg.ckpt_path))
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, mmap=True)  # the config and the weights' shapes: restore reads the rest
     if not state.get("config"):
         raise CheckpointError(f"{path} holds no run config to resume with; use a checkpoint written by train.py")
     trusted = stored_config.trusted_config(state, path)

@@ -47,5 +47,6 @@ RESUMABLE = RUN_ONLY + PATHS + RESUMABLE_TOO
 
 
 def among(key: str, declared: tuple[str, ...]) -> bool:
-    """Whether the setting ``key`` (dotted) is one of ``declared`` or inside a node of it."""
+    """Whether the dotted name ``key`` is one of ``declared`` or inside one of them: a setting in a node of the
+    config, a module in a package."""
     return any(key == name or key.startswith(f"{name}.") for name in declared)

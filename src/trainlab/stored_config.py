@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.dataloader import InputSpec
 from trainlab.errors import CheckpointError, TrainlabError, first_line
+from trainlab.settings import among
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,9 @@ def allowed_classes(classes: Classes) -> list[type]:
     return [
         value
         for name, module in list(sys.modules.items())
-        if isinstance(module, ModuleType) and _within(name, classes.packages)
+        if isinstance(module, ModuleType) and among(name, classes.packages)
         for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, base) and _within(value.__module__, classes.packages)
+        if isinstance(value, type) and issubclass(value, base) and among(value.__module__, classes.packages)
     ]
 
 
@@ -207,17 +208,17 @@ def _find(target: str, packages: tuple[str, ...]) -> Any:
         if found is not None and not isinstance(found, ModuleType):
             return None
         name = f"{found.__name__}.{part}" if found is not None else part
-        if _within(name, packages) or any(p.startswith(f"{name}.") for p in packages):
+        if among(name, packages) or any(p.startswith(f"{name}.") for p in packages):
             try:
                 found = importlib.import_module(name)
                 continue
             except ModuleNotFoundError as error:
                 if error.name != name:  # the module exists but cannot be imported
                     return None
-        if found is None or not _within(found.__name__, packages):
+        if found is None or not among(found.__name__, packages):
             return None
         found = getattr(found, part, None)
-        if isinstance(found, ModuleType) and not _within(found.__name__, packages):
+        if isinstance(found, ModuleType) and not among(found.__name__, packages):
             return None
     return found
 
@@ -225,10 +226,6 @@ def _find(target: str, packages: tuple[str, ...]) -> Any:
 def _base(dotted: str) -> type:
     module, _, name = dotted.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def _within(name: str, packages: tuple[str, ...]) -> bool:
-    return any(name == package or name.startswith(f"{package}.") for package in packages)
 
 
 def _matches(pattern: str, where: tuple) -> bool:

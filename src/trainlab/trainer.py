@@ -235,15 +235,14 @@ class Trainer:
                     callback.on_train_batch_end(context, loss)
                 # every n steps, and at an epoch's last step: a short run still draws its lr schedule
                 if stepped and (loop.global_step % self.log_every_n_steps == 0 or last):
-                    loss_value = check_finite(
-                        self._loss(data, outputs, y) if loss is None else loss, loop, checkpoints.last
-                    )
+                    loss = self._loss(data, outputs, y) if loss is None else loss
+                    loss_value = check_finite(loss, loop, checkpoints.last)
                     context.logger.log_metrics({"train/loss_step": loss_value, "lr": lr}, loop.global_step)
                     bar.set_loss(loss_value)
                 bar.advance()
                 if stepped and not last and preemption.requested(loop.global_step, at_step=True):
                     # never replace a good checkpoint with a diverged one
-                    check_finite(self._loss(data, outputs, y), loop, checkpoints.last)
+                    check_finite(self._loss(data, outputs, y) if loss is None else loss, loop, checkpoints.last)
                     preemption.stop(state, checkpoints)
         values = {name: float(value) for name, value in metrics.compute().items()}
         check_finite(values.get("train/loss", 0.0), loop, checkpoints.last)
