@@ -4,6 +4,7 @@ trainer steps them and logs lr is tested in test_training.py."""
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import pytest
@@ -83,6 +84,27 @@ def test_per_step_schedules_rise_to_the_optimizer_lr_then_fall(name):
     assert all(a < b for a, b in pairwise(curve[: peak + 1]))
     assert all(a > b for a, b in pairwise(curve[peak:]))
     assert curve[-1] < 0.01 * LR
+
+
+@pytest.mark.parametrize("warmup_fraction", [0.1, 0.0])
+def test_warmup_cosine_is_linear_then_half_a_cosine_down_to_its_minimum(warmup_fraction):
+    """The lr of step s: warm-up from warmup_start_factor * lr to lr over warmup_fraction of the steps, then
+    a cosine from lr to min_lr_factor * lr over the rest (written out here); no warm-up: the cosine from the
+    first step."""
+    start, floor, steps = 0.01, 0.2, EPOCHS * STEPS
+    warmup = round(warmup_fraction * steps)
+    curve = lrs(
+        "warmup_cosine",
+        f"scheduler.warmup_fraction={warmup_fraction}",
+        f"scheduler.warmup_start_factor={start}",
+        f"scheduler.min_lr_factor={floor}",
+    )
+    cosine = [
+        floor + (1 - floor) * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))) / 2
+        for s in range(warmup, steps)
+    ]
+    expected = [start + (1 - start) * s / warmup for s in range(warmup)] + cosine
+    assert curve == pytest.approx([LR * factor for factor in expected])
 
 
 def test_plateau_halves_the_lr_after_patience_epochs_without_improvement():

@@ -20,8 +20,12 @@ class WarmupCosine(SequentialLR):
         min_lr_factor: float,
     ):
         self.total_steps = total = max(total_steps, 1)
-        warmup = max(round(warmup_fraction * total), 1)
-        warm_up = LinearLR(optimizer, start_factor=warmup_start_factor, end_factor=1.0, total_iters=warmup)
-        lowest = min_lr_factor * optimizer.param_groups[0]["lr"]
-        decay = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=lowest)
-        super().__init__(optimizer, [warm_up, decay], milestones=[warmup])
+        warmup = round(warmup_fraction * total)
+        lowest = min_lr_factor * optimizer.param_groups[0]["lr"]  # before LinearLR lowers the lr to its start
+        schedules = []
+        if warmup:  # none: the cosine from the first step, at the full lr
+            schedules.append(
+                LinearLR(optimizer, start_factor=warmup_start_factor, end_factor=1.0, total_iters=warmup)
+            )
+        schedules.append(CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=lowest))
+        super().__init__(optimizer, schedules, milestones=[warmup] if warmup else [])
