@@ -46,10 +46,9 @@ class Task:
         if self.kind == "multiclass":
             return F.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
         if self.kind == "binary":
-            soft = targets.to(outputs.dtype) * (1 - label_smoothing) + label_smoothing / 2
+            soft = self.binary_targets(targets, outputs.dtype, label_smoothing)
             return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), soft)
-        scaled = (targets.to(outputs.dtype) - self.target_mean) / self.target_std
-        return F.mse_loss(outputs.squeeze(-1), scaled)
+        return F.mse_loss(outputs.squeeze(-1), self.standardized_targets(targets, outputs.dtype))
 
     def loss_gradient(
         self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0, scale: float = 1.0
@@ -66,12 +65,19 @@ class Task:
                 soft_targets(logits.shape[-1], label_smoothing, logits.device).index_select(0, targets)
             )
         elif self.kind == "binary":  # sigmoid minus the targets pulled towards one half
-            soft = targets.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
+            soft = self.binary_targets(targets, logits.dtype, label_smoothing)
             gradient = logits.sigmoid().sub_(soft.view_as(logits))
         else:  # twice the error in standardised units
-            scaled = (targets.to(logits.dtype) - self.target_mean) / self.target_std
-            gradient = logits.sub(scaled.view_as(logits)).mul_(2)
+            gradient = logits.sub(self.standardized_targets(targets, logits.dtype).view_as(logits)).mul_(2)
         return gradient.mul_(scale / targets.shape[0]).to(outputs.dtype)
+
+    def binary_targets(self, targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float) -> torch.Tensor:
+        """0/1 targets pulled towards one half by ``label_smoothing``: what the binary loss compares with."""
+        return targets.to(dtype) * (1 - label_smoothing) + label_smoothing / 2
+
+    def standardized_targets(self, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Regression targets in the standardised units the model learns (``target_mean``, ``target_std``)."""
+        return (targets.to(dtype) - self.target_mean) / self.target_std
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Class indices for classification, values in the data's units for regression."""
